@@ -1,0 +1,249 @@
+package fence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+// ErrDuplicateNode means another process writes this node's lease: two
+// sidecars were given the same node id.
+var ErrDuplicateNode = errors.New("another process holds this node id")
+
+// Start acquires the node's lease under a new epoch, then settles whatever
+// the hold area keeps, and makes the node live. freshDisk says the local
+// queue directories are new (no state marker): the entries of the node's
+// previous epochs are then taken over like a dead peer's. It retries
+// transient store errors until ctx ends.
+func (n *Node) Start(ctx context.Context, freshDisk bool) error {
+	err := retry(ctx, n.clock, 2*time.Second, func() error {
+		return n.acquire(ctx, freshDisk, true)
+	})
+	if err != nil {
+		return fmt.Errorf("acquire lease: %w", err)
+	}
+	n.mu.Lock()
+	quarantineAll := n.markedDead
+	n.mu.Unlock()
+	if quarantineAll {
+		// The node was declared dead while it was down: peers may already
+		// be restoring its entries, so nothing of the old epochs may stay
+		// visible to the local runners until the store has said whose it is.
+		moved, err := n.local.Quarantine(ctx, true)
+		n.m.quarantined.Add(float64(len(moved)))
+		if err != nil {
+			return fmt.Errorf("quarantine after takeover: %w", err)
+		}
+	}
+	return n.settle(ctx)
+}
+
+// acquire writes the node's lease under a new epoch. starting says this is
+// a process start (as opposed to coming back from a fence).
+func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
+	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
+	began := n.clock.Now()
+	data, info, err := store.GetBytes(ctx, n.st, key)
+	var next Lease
+	var cond store.Condition
+	markedDead := false
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		n.mu.Lock()
+		prev := n.lease
+		n.mu.Unlock()
+		next = Lease{Epoch: prev.Epoch + 1, DeadEpoch: prev.DeadEpoch}
+		if prev.Epoch > 0 {
+			// Our lease vanished (an operator forgot the node): treat the
+			// old epochs as taken over.
+			next.DeadEpoch = prev.Epoch
+			markedDead = true
+		}
+		cond = store.Condition{IfAbsent: true}
+	case err != nil:
+		return fmt.Errorf("read lease: %w", err)
+	default:
+		old, err := DecodeLease(data)
+		if err != nil {
+			return err
+		}
+		n.mu.Lock()
+		ours := old.Nonce != "" && (old.Nonce == n.lease.Nonce || old.Nonce == n.attempt.Nonce)
+		n.mu.Unlock()
+		if !starting && !ours && old.State != StateDead {
+			return ErrDuplicateNode
+		}
+		next = Lease{Epoch: old.Epoch + 1, DeadEpoch: old.DeadEpoch}
+		switch {
+		case old.State == StateDead:
+			next.DeadEpoch = max(old.DeadEpoch, old.Epoch)
+			markedDead = true
+		case starting && freshDisk:
+			next.DeadEpoch = old.Epoch
+			markedDead = true
+		}
+		cond = store.Condition{IfMatch: info.ETag}
+	}
+	next.Node = n.cfg.Node
+	next.State = StateSettling
+	next.TTLMillis = n.cfg.TTL.Milliseconds()
+	next.Wall = time.Now().UTC()
+	next.Nonce = Nonce(n.rnd)
+	put, err := store.PutBytes(ctx, n.st, key, encode(next), cond)
+	if err != nil {
+		return fmt.Errorf("write lease: %w", err)
+	}
+	n.mu.Lock()
+	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
+	n.markedDead = n.markedDead || markedDead
+	n.settleDone = false
+	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
+	n.setStateLocked(StateSettling)
+	n.mu.Unlock()
+	n.m.epoch.Set(float64(next.Epoch))
+	n.log.Info("lease acquired", "epoch", next.Epoch, "dead_epoch", next.DeadEpoch, "taken_over", markedDead)
+	return nil
+}
+
+// Renew writes the lease once, conditionally on the last version this
+// node wrote. While fenced it tries to come back under a new epoch
+// instead, and settles the held entries when it does.
+func (n *Node) Renew(ctx context.Context) error {
+	n.mu.Lock()
+	state := n.state
+	n.mu.Unlock()
+	switch state {
+	case StateStarting:
+		return nil
+	case StateFenced:
+		if err := n.acquire(ctx, false, false); err != nil {
+			n.m.renewals.WithLabelValues("error").Inc()
+			if errors.Is(err, ErrDuplicateNode) {
+				n.log.Error("lease written by another process: two sidecars share this node id", "err", err)
+			}
+			return err
+		}
+		return n.settle(ctx)
+	}
+	began := n.clock.Now()
+	n.mu.Lock()
+	next := n.lease
+	etag := n.leaseETag
+	n.mu.Unlock()
+	next.Seq++
+	next.State = n.leaseState()
+	next.Wall = time.Now().UTC()
+	next.Nonce = Nonce(n.rnd)
+	n.mu.Lock()
+	n.attempt, n.attemptAt = next, began
+	n.mu.Unlock()
+	rctx, cancel := context.WithTimeout(ctx, n.renewEvery())
+	defer cancel()
+	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
+	put, err := store.PutBytes(rctx, n.st, key, encode(next), store.Condition{IfMatch: etag})
+	if errors.Is(err, store.ErrPrecondition) && n.adoptCommitted(ctx, key) {
+		return nil
+	}
+	switch {
+	case err == nil:
+		n.mu.Lock()
+		n.lease, n.leaseETag = next, put.ETag
+		if n.state != StateFenced {
+			n.renewedAt = began
+		}
+		n.mu.Unlock()
+		n.m.renewals.WithLabelValues("ok").Inc()
+		n.m.renewSeconds.Observe(n.clock.Now().Sub(began).Seconds())
+		return nil
+	case errors.Is(err, store.ErrPrecondition):
+		// Someone else wrote our lease: a peer declared us dead. Our
+		// token is stale; fence now rather than at the deadline.
+		n.m.renewals.WithLabelValues("lost").Inc()
+		n.log.Warn("lease taken: fencing", "epoch", next.Epoch)
+		n.fence(ctx, "lost")
+		return err
+	default:
+		n.m.renewals.WithLabelValues("error").Inc()
+		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)
+		return err
+	}
+}
+
+// adoptCommitted handles a lost lease write whose cause may be our own
+// earlier attempt: it committed, but its answer never reached us. If the
+// stored lease is that attempt, adopt it and report true.
+func (n *Node) adoptCommitted(ctx context.Context, key string) bool {
+	data, info, err := store.GetBytes(ctx, n.st, key)
+	if err != nil {
+		return false
+	}
+	cur, err := DecodeLease(data)
+	if err != nil {
+		return false
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if cur.Nonce == "" || cur.Nonce != n.attempt.Nonce || cur.State == StateDead {
+		return false
+	}
+	n.lease, n.leaseETag = cur, info.ETag
+	if n.state != StateFenced {
+		n.renewedAt = n.attemptAt
+	}
+	n.m.renewals.WithLabelValues("ok").Inc()
+	return true
+}
+
+// leaseState is the state the node writes into its lease.
+func (n *Node) leaseState() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	switch {
+	case n.drain:
+		return StateDraining
+	case n.state == StateSettling:
+		return StateSettling
+	}
+	return StateLive
+}
+
+// CheckFence fences the node when its last successful renewal started more
+// than TTL - margin ago, by its own monotonic clock.
+func (n *Node) CheckFence(ctx context.Context) {
+	n.mu.Lock()
+	due := n.state != StateStarting && n.state != StateFenced &&
+		n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
+	n.mu.Unlock()
+	if due {
+		n.log.Warn("lease not renewed within TTL - margin: fencing", "ttl", n.cfg.TTL, "margin", n.cfg.Margin)
+		n.fence(ctx, "expired")
+	}
+}
+
+// fence stops the node acting as owner and moves every entry the store
+// knows as its own out of the runners' reach.
+func (n *Node) fence(ctx context.Context, reason string) {
+	n.mu.Lock()
+	if n.state == StateFenced {
+		n.mu.Unlock()
+		return
+	}
+	epoch := n.lease.Epoch
+	n.setStateLocked(StateFenced)
+	n.liveCancel()
+	n.mu.Unlock()
+	// Wait for releases into the queue directories to finish or abort.
+	n.releaseMu.Lock()
+	moved, err := n.local.Quarantine(ctx, false)
+	n.releaseMu.Unlock()
+	n.m.fences.WithLabelValues(reason).Inc()
+	n.m.quarantined.Add(float64(len(moved)))
+	if err != nil {
+		n.log.Error("fence: quarantine incomplete", "epoch", epoch, "moved", len(moved), "err", err)
+		return
+	}
+	n.log.Warn("fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
+}

@@ -1,0 +1,89 @@
+package fence
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the coordinator's Prometheus metrics. Create them with
+// NewMetrics and pass them in; nothing is registered globally.
+type Metrics struct {
+	renewals     *prometheus.CounterVec
+	renewSeconds prometheus.Histogram
+	fences       *prometheus.CounterVec
+	quarantined  prometheus.Counter
+	deadMarks    prometheus.Counter
+	takeovers    *prometheus.CounterVec
+	settled      *prometheus.CounterVec
+	handoffs     prometheus.Counter
+	claimsLost   prometheus.Counter
+	claimsGC     prometheus.Counter
+	takeoverSecs prometheus.Histogram
+	state        *prometheus.GaugeVec
+	epoch        prometheus.Gauge
+	peers        *prometheus.GaugeVec
+}
+
+// NewMetrics creates the coordinator's metrics and registers them with reg
+// (nil: not registered, for tests and the simulator).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_lease_renewals_total", Help: "Lease renewal attempts by result (ok, lost, error).",
+		}, []string{"result"}),
+		renewSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mmsidecar_lease_renew_seconds", Help: "Latency of successful lease renewals.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		fences: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_fences_total", Help: "Times this node fenced itself, by reason (expired, lost).",
+		}, []string{"reason"}),
+		quarantined: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_quarantined_entries_total", Help: "Entries moved out of the runners' directories by fences and drains.",
+		}),
+		deadMarks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_peers_declared_dead_total", Help: "Peer leases this node declared dead.",
+		}),
+		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_transfers_total", Help: "Entries this node took over, by how (takeover, handoff, preserved).",
+		}, []string{"how"}),
+		settled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_settled_entries_total", Help: "Held entries settled after a fence or restart, by result (restored, dropped).",
+		}, []string{"result"}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_handoffs_total", Help: "Entries this node handed to peers while draining.",
+		}),
+		claimsLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_claims_lost_total", Help: "Conditional claim writes this node lost to a peer.",
+		}),
+		claimsGC: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_claims_collected_total", Help: "Claims deleted once their entry was finished and no longer contested.",
+		}),
+		takeoverSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "mmsidecar_takeover_entry_seconds", Help: "Time to take over one entry: claim to restored.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mmsidecar_node_state", Help: "1 for the node's current state.",
+		}, []string{"state"}),
+		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mmsidecar_node_epoch", Help: "The node's current epoch.",
+		}),
+		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mmsidecar_peers", Help: "Peers by the state this node sees them in.",
+		}, []string{"state"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks,
+			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.takeoverSecs,
+			m.state, m.epoch, m.peers)
+	}
+	return m
+}
+
+func (m *Metrics) setState(state string) {
+	for _, s := range []string{StateStarting, StateLive, StateSettling, StateDraining, StateFenced} {
+		v := 0.0
+		if s == state {
+			v = 1
+		}
+		m.state.WithLabelValues(s).Set(v)
+	}
+}

@@ -1,0 +1,264 @@
+// Package fence owns the cluster protocol: node leases with epochs, peer
+// liveness judged on each observer's own monotonic clock, claims whose
+// token increases on every change of owner, takeover of a dead node's
+// entries, self-fencing, settling and draining. It decides; the runner
+// acts on local files through the Local interface. Clock, randomness,
+// store and local view are parameters, so a simulator can drive it.
+package fence
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+// Config holds the coordinator's settings.
+type Config struct {
+	// Node is this node's id (ValidName).
+	Node string
+	// Layout maps objects to keys.
+	Layout Layout
+	// TTL is the lease time-to-live; the lease is renewed every TTL/3.
+	TTL time.Duration
+	// Grace is added to TTL before a peer's silent lease counts as dead.
+	Grace time.Duration
+	// Margin is how long before TTL the holder fences itself when it could
+	// not renew.
+	Margin time.Duration
+	// MaxTransfers is how often an entry may move between nodes before it
+	// is preserved in bad instead (G6).
+	MaxTransfers int
+	// Concurrency bounds parallel takeovers (default 16).
+	Concurrency int
+}
+
+// Validate checks the timing rules of the model.
+func (c Config) Validate() error {
+	switch {
+	case !ValidName(c.Node):
+		return fmt.Errorf("node id %q: use 1-64 letters, digits, '.', '_' or '-'", c.Node)
+	case c.TTL <= 0:
+		return fmt.Errorf("lease TTL %v must be positive", c.TTL)
+	case c.Margin <= 0:
+		return fmt.Errorf("lease margin %v must be positive", c.Margin)
+	case c.Margin >= c.TTL/2:
+		return fmt.Errorf("lease margin %v must be less than TTL/2 (%v): the holder renews every TTL/3 and must get two tries before it fences", c.Margin, c.TTL/2)
+	case c.Grace < c.Margin:
+		return fmt.Errorf("lease grace %v must be at least the margin %v: peers must wait longer than the holder takes to fence", c.Grace, c.Margin)
+	case c.MaxTransfers < 1:
+		return fmt.Errorf("max transfers %d must be at least 1", c.MaxTransfers)
+	}
+	return nil
+}
+
+// Node is one node's coordinator.
+type Node struct {
+	cfg   Config
+	st    store.Store
+	local Local
+	clock Clock
+	rnd   Rand
+	log   *slog.Logger
+	m     *Metrics
+
+	// releaseMu lets fence() wait until no release into the queue
+	// directories is half done before it quarantines.
+	releaseMu sync.RWMutex
+
+	mu        sync.Mutex
+	state     string
+	lease     Lease     // the lease body we last wrote successfully
+	leaseETag string    // its ETag
+	renewedAt time.Time // start of the last successful lease write
+	attempt   Lease     // the lease body of the last renewal attempt
+	attemptAt time.Time // when that attempt started
+	// markedDead says this node was declared dead (or lost its disk) since
+	// its held entries were held: settling must re-claim them.
+	markedDead bool
+	// liveCtx is cancelled when the node fences: work that acts as owner
+	// runs under it.
+	liveCtx      context.Context
+	liveCancel   context.CancelFunc
+	drain        bool
+	peers        map[string]*peer
+	lastScan     time.Time
+	lastClaims   time.Time
+	drainEmpty   bool // the last drain step found nothing left
+	drainWaiting int
+	inflight     map[Entry]bool
+	claimCache   map[string]cachedClaim
+	settleDone   bool
+}
+
+type cachedClaim struct {
+	etag  string
+	claim Claim
+	// srcGone: the copy the claim points at is known to be deleted.
+	srcGone bool
+}
+
+// New returns a coordinator. It does nothing until Start.
+func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metrics, log *slog.Logger) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 16
+	}
+	if m == nil {
+		m = NewMetrics(nil)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{
+		cfg: cfg, st: st, local: local, clock: clock, rnd: &syncRand{r: rnd}, m: m,
+		log:        log.With("node", cfg.Node),
+		state:      StateStarting,
+		peers:      make(map[string]*peer),
+		inflight:   make(map[Entry]bool),
+		claimCache: make(map[string]cachedClaim),
+	}
+	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
+	n.liveCancel()
+	m.setState(StateStarting)
+	return n, nil
+}
+
+// Gate tells the mirror whether and where it may write.
+func (n *Node) Gate() Gate {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return Gate{
+		Epoch:    n.lease.Epoch,
+		Writable: n.state == StateLive || n.state == StateSettling || n.state == StateDraining,
+		Draining: n.drain,
+		OwnFrom:  n.lease.DeadEpoch + 1,
+	}
+}
+
+// State returns the node's state and epoch.
+func (n *Node) State() (string, uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.state, n.lease.Epoch
+}
+
+// Node returns the node's id.
+func (n *Node) ID() string { return n.cfg.Node }
+
+func (n *Node) setStateLocked(s string) {
+	n.state = s
+	n.m.setState(s)
+}
+
+// ownerCtx returns a context that ends when ctx does or the node fences,
+// with the epoch it is valid for.
+func (n *Node) ownerCtx(ctx context.Context) (context.Context, context.CancelFunc, uint64) {
+	n.mu.Lock()
+	live, epoch := n.liveCtx, n.lease.Epoch
+	n.mu.Unlock()
+	c, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(live, cancel)
+	return c, func() { stop(); cancel() }, epoch
+}
+
+func (n *Node) renewEvery() time.Duration { return n.cfg.TTL / 3 }
+
+// Run runs the coordinator's loops until ctx ends: lease renewal, the
+// fence watchdog, peer scans with takeover, the claims pass and draining.
+// Call Start first.
+func (n *Node) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	loop := func(every func() time.Duration, step func(context.Context)) {
+		defer wg.Done()
+		for {
+			step(ctx)
+			select {
+			case <-ctx.Done():
+				return
+			case <-n.clock.After(every()):
+			}
+		}
+	}
+	wg.Add(3)
+	go loop(n.renewInterval, func(ctx context.Context) { _ = n.Renew(ctx) })
+	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, n.CheckFence)
+	go loop(n.scanInterval, func(ctx context.Context) {
+		if err := n.Scan(ctx); err != nil {
+			return
+		}
+		_ = n.Takeover(ctx)
+		_ = n.ClaimsPass(ctx)
+		_ = n.DrainStep(ctx)
+	})
+	wg.Wait()
+	return nil
+}
+
+func watchdogEvery(ttl time.Duration) time.Duration {
+	d := ttl / 30
+	if d > 250*time.Millisecond {
+		d = 250 * time.Millisecond
+	}
+	if d < 5*time.Millisecond {
+		d = 5 * time.Millisecond
+	}
+	return d
+}
+
+// renewInterval is TTL/3, or faster while fenced so the node comes back
+// soon after the store does.
+func (n *Node) renewInterval() time.Duration {
+	n.mu.Lock()
+	fenced := n.state == StateFenced
+	n.mu.Unlock()
+	d := n.renewEvery()
+	if fenced {
+		d /= 3
+	}
+	return n.jitter(d)
+}
+
+func (n *Node) scanInterval() time.Duration {
+	n.mu.Lock()
+	busy := n.drain || n.anyDrainingPeerLocked()
+	n.mu.Unlock()
+	d := n.renewEvery()
+	if busy {
+		d /= 2
+	}
+	return n.jitter(d)
+}
+
+// jitter returns d less up to 10%, so that nodes do not march in step.
+func (n *Node) jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return d
+	}
+	return d - time.Duration(n.rnd.Uint64()%uint64(d/10+1))
+}
+
+// retry calls f until it succeeds, the error is not transient, or ctx ends,
+// backing off from 50 ms up to max.
+func retry(ctx context.Context, clock Clock, max time.Duration, f func() error) error {
+	wait := 50 * time.Millisecond
+	for {
+		err := f()
+		if err == nil || store.KindOf(err) != store.KindTransient || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-clock.After(wait):
+		}
+		if wait *= 2; wait > max {
+			wait = max
+		}
+	}
+}

@@ -1,0 +1,365 @@
+package fence_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+	"github.com/mmsidecar/mmsidecar/fence/fencetest"
+	"github.com/mmsidecar/mmsidecar/store"
+	"github.com/mmsidecar/mmsidecar/store/memstore"
+)
+
+const (
+	ttl    = 3 * time.Second
+	grace  = time.Second
+	margin = 600 * time.Millisecond
+)
+
+// flaky is a store that can be cut off for one node.
+type flaky struct {
+	store.Store
+	down atomic.Bool
+}
+
+var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
+
+func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
+	if f.down.Load() {
+		return nil, store.Info{}, errDown
+	}
+	return f.Store.Get(ctx, key)
+}
+
+func (f *flaky) Put(ctx context.Context, key string, body io.Reader, size int64, cond store.Condition) (store.Info, error) {
+	if f.down.Load() {
+		return store.Info{}, errDown
+	}
+	return f.Store.Put(ctx, key, body, size, cond)
+}
+
+func (f *flaky) Stat(ctx context.Context, key string) (store.Info, error) {
+	if f.down.Load() {
+		return store.Info{}, errDown
+	}
+	return f.Store.Stat(ctx, key)
+}
+
+func (f *flaky) List(ctx context.Context, prefix string, fn func(store.Info) error) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.List(ctx, prefix, fn)
+}
+
+func (f *flaky) Delete(ctx context.Context, key string) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.Delete(ctx, key)
+}
+
+func (f *flaky) DeleteMany(ctx context.Context, keys []string) error {
+	if f.down.Load() {
+		return errDown
+	}
+	return f.Store.DeleteMany(ctx, keys)
+}
+
+type tnode struct {
+	id    string
+	n     *fence.Node
+	local *fencetest.Local
+	st    *flaky
+	alive bool
+}
+
+type cluster struct {
+	t      *testing.T
+	clock  *fencetest.Clock
+	shared store.Store
+	layout fence.Layout
+	nodes  map[string]*tnode
+	order  []string
+}
+
+func newCluster(t *testing.T, ids ...string) *cluster {
+	c := &cluster{t: t, clock: fencetest.NewClock(), shared: memstore.New(), layout: fence.NewLayout("mm"), nodes: map[string]*tnode{}}
+	for _, id := range ids {
+		c.start(id, nil, false)
+		c.order = append(c.order, id)
+	}
+	return c
+}
+
+// start (re)starts node id's coordinator; local is its disk (nil: new).
+func (c *cluster) start(id string, local *fencetest.Local, fresh bool) *tnode {
+	c.t.Helper()
+	st := &flaky{Store: c.shared}
+	if old := c.nodes[id]; old != nil {
+		st = old.st
+	}
+	tn := &tnode{id: id, st: st, alive: true}
+	gate := func() fence.Gate { return tn.n.Gate() }
+	if local == nil {
+		local = fencetest.NewLocal(id, c.layout, st, gate)
+	} else {
+		local.SetGate(gate)
+	}
+	tn.local = local
+	n, err := fence.New(fence.Config{Node: id, Layout: c.layout, TTL: ttl, Grace: grace, Margin: margin, MaxTransfers: 3},
+		st, local, c.clock, rand.New(rand.NewPCG(uint64(len(c.nodes)), 7)), nil, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tn.n = n
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.Start(ctx, fresh); err != nil {
+		c.t.Fatalf("start %s: %v", id, err)
+	}
+	c.nodes[id] = tn
+	return tn
+}
+
+// step advances the clock by d and runs every live node's loops once,
+// checking G2 after each node's step.
+func (c *cluster) step(d time.Duration) {
+	c.t.Helper()
+	c.clock.Advance(d)
+	ctx := context.Background()
+	for _, id := range c.order {
+		tn := c.nodes[id]
+		if !tn.alive {
+			continue
+		}
+		tn.n.CheckFence(ctx)
+		_ = tn.n.Renew(ctx)
+		_ = tn.local.Sync(ctx)
+		if tn.n.Scan(ctx) == nil {
+			_ = tn.n.Takeover(ctx)
+			_ = tn.n.ClaimsPass(ctx)
+			_ = tn.n.DrainStep(ctx)
+		}
+		_ = tn.local.Sync(ctx)
+		c.checkOneProcessor()
+	}
+}
+
+func (c *cluster) checkOneProcessor() {
+	c.t.Helper()
+	seen := map[fence.Entry]string{}
+	for _, id := range c.order {
+		if !c.nodes[id].alive {
+			continue // a killed node's runners are dead too
+		}
+		for _, e := range c.nodes[id].local.Visible() {
+			if other, dup := seen[e]; dup {
+				c.t.Fatalf("G2 violated: %s visible on %s and %s", e, other, id)
+			}
+			seen[e] = id
+		}
+	}
+}
+
+func (c *cluster) runFor(total time.Duration) {
+	for elapsed := time.Duration(0); elapsed < total; elapsed += 200 * time.Millisecond {
+		c.step(200 * time.Millisecond)
+	}
+}
+
+func entry(i int) fence.Entry {
+	return fence.Entry{Queue: "in", Base: fmt.Sprintf("1764330000.%06d+%040x", i, i), Kind: fence.KindPck}
+}
+
+func (c *cluster) enqueue(id string, from, to int) {
+	for i := from; i < to; i++ {
+		c.nodes[id].local.Enqueue(entry(i), []byte(fmt.Sprintf("message %d", i)))
+	}
+	if err := c.nodes[id].local.Sync(context.Background()); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// owners maps every entry visible or held anywhere to where it is.
+func (c *cluster) count(id string) (visible, held int) {
+	tn := c.nodes[id]
+	return len(tn.local.Visible()), len(tn.local.Held())
+}
+
+func (c *cluster) storeKeys(prefix string) int {
+	n := 0
+	_ = c.shared.List(context.Background(), c.layout.Prefix()+prefix, func(store.Info) error { n++; return nil })
+	return n
+}
+
+func TestTakeoverOfKilledNode(t *testing.T) {
+	c := newCluster(t, "a", "b", "c")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 60)
+	c.runFor(time.Second)
+	c.nodes["a"].alive = false // SIGKILL: no fence, no renewals
+	c.runFor(ttl + grace + 3*time.Second)
+	vb, _ := c.count("b")
+	vc, _ := c.count("c")
+	if vb+vc != 60 {
+		t.Fatalf("survivors restored %d+%d entries, want 60", vb, vc)
+	}
+	if vb < 15 || vc < 15 {
+		t.Errorf("takeover not shared: b=%d c=%d", vb, vc)
+	}
+	if n := c.storeKeys("q/a/"); n != 0 {
+		t.Errorf("dead node's namespace still holds %d copies", n)
+	}
+	// a comes back on its old disk: it must settle against the claims and
+	// drop everything, so nothing runs twice.
+	a := c.start("a", c.nodes["a"].local, false)
+	c.runFor(2 * time.Second)
+	if v, h := c.count("a"); v != 0 || h != 0 {
+		t.Fatalf("restarted node kept %d visible and %d held entries", v, h)
+	}
+	if st, epoch := a.n.State(); st != fence.StateLive || epoch < 2 {
+		t.Fatalf("restarted node state %s epoch %d", st, epoch)
+	}
+}
+
+func TestPartitionedNodeFencesBeforeTakeover(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 40)
+	c.runFor(time.Second)
+	c.nodes["a"].local.Dequeue(entry(0)) // in flight at the partition
+	c.nodes["a"].st.down.Store(true)
+	c.runFor(ttl + grace + 3*time.Second) // G2 is checked at every step
+	if st, _ := c.nodes["a"].n.State(); st != fence.StateFenced {
+		t.Fatalf("partitioned node state %s, want fenced", st)
+	}
+	if v, h := c.count("a"); v != 0 || h != 39 {
+		t.Fatalf("partitioned node: %d visible %d held, want 0 and 39", v, h)
+	}
+	if v, _ := c.count("b"); v != 40 {
+		t.Fatalf("survivor restored %d entries, want 40 (the in-flight one re-runs once)", v)
+	}
+	c.nodes["a"].local.Finish(entry(0))
+	c.nodes["a"].st.down.Store(false)
+	c.runFor(3 * time.Second)
+	if v, h := c.count("a"); v != 0 || h != 0 {
+		t.Fatalf("healed node kept %d visible, %d held", v, h)
+	}
+	if st, epoch := c.nodes["a"].n.State(); st != fence.StateLive || epoch != 2 {
+		t.Fatalf("healed node state %s epoch %d, want live 2", st, epoch)
+	}
+	// New work on the healed node goes to its new epoch and stays there.
+	c.enqueue("a", 100, 110)
+	c.runFor(ttl)
+	if v, _ := c.count("a"); v != 10 {
+		t.Fatalf("healed node has %d new entries visible, want 10", v)
+	}
+}
+
+func TestStoreOutageForEveryoneMovesNothing(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 20)
+	c.enqueue("b", 20, 40)
+	c.runFor(time.Second)
+	for _, id := range c.order {
+		c.nodes[id].st.down.Store(true)
+	}
+	c.runFor(30 * time.Second)
+	for _, id := range c.order {
+		if st, _ := c.nodes[id].n.State(); st != fence.StateFenced {
+			t.Fatalf("%s: state %s during outage, want fenced", id, st)
+		}
+	}
+	// Mailman keeps working on entries born during the outage.
+	c.nodes["a"].local.Enqueue(entry(99), []byte("born in outage"))
+	if !c.nodes["a"].local.Dequeue(entry(99)) {
+		t.Fatal("entry born during the outage is not visible")
+	}
+	c.nodes["a"].local.Finish(entry(99))
+	for _, id := range c.order {
+		c.nodes[id].st.down.Store(false)
+	}
+	c.runFor(3 * time.Second)
+	for id, want := range map[string]int{"a": 20, "b": 20} {
+		if v, h := c.count(id); v != want || h != 0 {
+			t.Fatalf("%s after outage: %d visible %d held, want %d and 0", id, v, h, want)
+		}
+	}
+	if n := c.storeKeys("claims/"); n != 0 {
+		t.Errorf("an outage for everyone wrote %d claims", n)
+	}
+}
+
+func TestDrainHandsBacklogToPeers(t *testing.T) {
+	c := newCluster(t, "a", "b", "c")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 30)
+	c.nodes["a"].local.Dequeue(entry(0))
+	c.runFor(time.Second)
+	c.nodes["a"].n.StartDrain(context.Background())
+	c.runFor(2 * ttl)
+	if st := c.nodes["a"].n.Drain(); st.Done {
+		t.Fatal("drain done while an entry is in flight")
+	}
+	c.nodes["a"].local.Finish(entry(0))
+	for i := 0; i < 100 && !c.nodes["a"].n.Drain().Done; i++ {
+		c.step(200 * time.Millisecond)
+	}
+	if st := c.nodes["a"].n.Drain(); !st.Done {
+		t.Fatalf("drain not done: %+v", st)
+	}
+	vb, _ := c.count("b")
+	vc, _ := c.count("c")
+	if vb+vc != 29 {
+		t.Fatalf("peers got %d+%d entries, want 29", vb, vc)
+	}
+	if n := c.storeKeys("q/a/"); n != 0 {
+		t.Errorf("drained node's namespace still holds %d copies", n)
+	}
+}
+
+func TestFreshDiskRestoresOldEpoch(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 25)
+	c.runFor(time.Second)
+	// a restarts at once on an empty disk: its old epoch is taken over by
+	// the live set, itself included.
+	c.start("a", nil, true)
+	c.runFor(3 * time.Second)
+	va, _ := c.count("a")
+	vb, _ := c.count("b")
+	if va+vb != 25 {
+		t.Fatalf("restored %d+%d entries, want 25", va, vb)
+	}
+}
+
+func TestTransferBoundPreservesPoison(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 1)
+	// The entry has moved three times already.
+	claim := fence.Claim{Owner: "a", Epoch: 1, From: "x", FromEpoch: 1, Token: 3, Transfers: 3, Nonce: "n"}
+	body := fmt.Sprintf(`{"owner":%q,"epoch":%d,"from":%q,"from_epoch":%d,"token":%d,"transfers":%d,"nonce":%q}`,
+		claim.Owner, claim.Epoch, claim.From, claim.FromEpoch, claim.Token, claim.Transfers, claim.Nonce)
+	if _, err := store.PutBytes(context.Background(), c.shared, c.layout.ClaimKey(entry(0)), []byte(body), store.Condition{}); err != nil {
+		t.Fatal(err)
+	}
+	c.nodes["a"].alive = false
+	c.runFor(ttl + grace + 3*time.Second)
+	if v, _ := c.count("b"); v != 1 {
+		t.Fatalf("survivor has %d entries, want the preserved one", v)
+	}
+	got := c.nodes["b"].local.Visible()[0]
+	if got.Queue != "bad" || got.Kind != fence.KindPsv {
+		t.Fatalf("poison entry restored as %s, want bad/*.psv", got)
+	}
+}

@@ -1,0 +1,132 @@
+package fence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+// readClaim returns e's claim and its ETag; found is false when e has none.
+func (n *Node) readClaim(ctx context.Context, e Entry) (c Claim, etag string, found bool, err error) {
+	data, info, err := store.GetBytes(ctx, n.st, n.cfg.Layout.ClaimKey(e))
+	if errors.Is(err, store.ErrNotFound) {
+		return Claim{}, "", false, nil
+	}
+	if err != nil {
+		return Claim{}, "", false, fmt.Errorf("read claim: %w", err)
+	}
+	c, err = DecodeClaim(data)
+	if err != nil {
+		return Claim{}, "", false, err
+	}
+	return c, info.ETag, true, nil
+}
+
+// writeClaim writes e's claim if cond holds; lost reports a lost race.
+func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Condition) (lost bool, err error) {
+	c.Nonce = Nonce(n.rnd)
+	_, err = store.PutBytes(ctx, n.st, n.cfg.Layout.ClaimKey(e), encode(c), cond)
+	if errors.Is(err, store.ErrPrecondition) {
+		n.m.claimsLost.Inc()
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("put claim: %w", err)
+	}
+	return false, nil
+}
+
+// settle decides every held entry against the store, then makes the node
+// live: entries a peer claimed are dropped, the others restored. If the
+// node was declared dead since it held them, it re-claims each one first,
+// so that a peer's takeover and its own return cannot both win.
+func (n *Node) settle(ctx context.Context) error {
+	octx, done, epoch := n.ownerCtx(ctx)
+	defer done()
+	var failed error
+	for _, e := range n.local.Held() {
+		err := retry(octx, n.clock, 2*time.Second, func() error { return n.settleOne(octx, e, epoch) })
+		if err != nil {
+			failed = err
+			n.log.Warn("settle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
+		}
+	}
+	if failed != nil {
+		return fmt.Errorf("settle: %w", failed)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state == StateSettling && n.lease.Epoch == epoch {
+		n.markedDead = false
+		n.settleDone = true
+		n.setStateLocked(StateLive)
+		if n.drain {
+			n.setStateLocked(StateDraining)
+		}
+	}
+	return nil
+}
+
+func (n *Node) settleOne(ctx context.Context, e Entry, epoch uint64) error {
+	for attempt := 0; attempt < 3; attempt++ {
+		c, etag, found, err := n.readClaim(ctx, e)
+		if err != nil {
+			return err
+		}
+		n.mu.Lock()
+		markedDead, prevEpoch, drain := n.markedDead, n.lease.DeadEpoch, n.drain
+		n.mu.Unlock()
+		var lost bool
+		switch {
+		case found && c.Owner != n.cfg.Node:
+			if err := n.local.Drop(e); err != nil {
+				return fmt.Errorf("drop: %w", err)
+			}
+			n.m.settled.WithLabelValues("dropped").Inc()
+			n.log.Info("settle: entry taken over, dropped", "entry", e.String(), "epoch", epoch, "owner", c.Owner, "token", c.Token)
+			return nil
+		case found && c.Epoch != epoch:
+			next := c
+			next.Epoch, next.Token = epoch, c.Token+1
+			lost, err = n.writeClaim(ctx, e, next, store.Condition{IfMatch: etag})
+			c = next
+		case !found && markedDead:
+			c = Claim{Owner: n.cfg.Node, Epoch: epoch, From: n.cfg.Node, FromEpoch: prevEpoch, Token: 1}
+			lost, err = n.writeClaim(ctx, e, c, store.Condition{IfAbsent: true})
+		}
+		if err != nil {
+			return err
+		}
+		if lost {
+			continue
+		}
+		if drain {
+			// A draining node keeps it held for handoff.
+			return nil
+		}
+		if err := n.release(ctx, e); err != nil {
+			return err
+		}
+		n.m.settled.WithLabelValues("restored").Inc()
+		n.log.Info("settle: entry restored", "entry", e.String(), "epoch", epoch, "token", c.Token)
+		return nil
+	}
+	return fmt.Errorf("settle %s: claim contested", e)
+}
+
+// release makes a held entry visible to the runners, unless the node
+// fences meanwhile (ctx is an owner context).
+func (n *Node) release(ctx context.Context, e Entry) error {
+	n.releaseMu.RLock()
+	defer n.releaseMu.RUnlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := n.local.Release(ctx, e); err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
+	return nil
+}

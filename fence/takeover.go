@@ -1,0 +1,256 @@
+package fence
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+var errStopList = errors.New("stop listing")
+
+// Takeover runs one round over every namespace that belongs to a takeover
+// (a dead peer's epochs up to its DeadEpoch, and this node's own old epochs
+// after it lost its disk): each entry goes to one node of the live set by
+// rendezvous hashing, and this node takes its share, each entry won by a
+// conditional claim. Cost is O(entries in those namespaces).
+func (n *Node) Takeover(ctx context.Context) error {
+	type target struct {
+		node    string
+		horizon uint64
+		empty   *uint64
+	}
+	n.mu.Lock()
+	if n.state != StateLive {
+		n.mu.Unlock()
+		return nil
+	}
+	live := n.liveSetLocked()
+	var targets []target
+	for _, p := range n.peers {
+		if p.known() && p.lease.DeadEpoch > p.emptyUpTo {
+			targets = append(targets, target{p.node, p.lease.DeadEpoch, &p.emptyUpTo})
+		}
+	}
+	n.mu.Unlock()
+	octx, done, epoch := n.ownerCtx(ctx)
+	defer done()
+	var self uint64
+	n.mu.Lock()
+	if n.lease.DeadEpoch > 0 {
+		targets = append(targets, target{n.cfg.Node, n.lease.DeadEpoch, &self})
+	}
+	n.mu.Unlock()
+
+	var firstErr error
+	for _, t := range targets {
+		refs, err := n.listNamespace(octx, t.node, 0, t.horizon)
+		if err != nil {
+			firstErr = cmpErr(firstErr, err)
+			continue
+		}
+		if len(refs) == 0 {
+			n.mu.Lock()
+			*t.empty = t.horizon
+			n.mu.Unlock()
+			continue
+		}
+		var mine []MirrorRef
+		for _, r := range refs {
+			if pick(r.Entry, live) == n.cfg.Node {
+				mine = append(mine, r)
+			}
+		}
+		n.log.Info("takeover round", "from", t.node, "dead_epoch", t.horizon, "entries", len(refs), "mine", len(mine), "live", len(live), "epoch", epoch)
+		if err := n.parallel(octx, mine, func(r MirrorRef) error { return n.takeoverEntry(octx, r, epoch) }); err != nil {
+			firstErr = cmpErr(firstErr, err)
+		}
+	}
+	return firstErr
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+// listNamespace lists node's copies at epochs from..to. Keys that do not
+// parse are skipped: nothing read from the store becomes a path unchecked.
+func (n *Node) listNamespace(ctx context.Context, node string, from, to uint64) ([]MirrorRef, error) {
+	var refs []MirrorRef
+	err := n.st.List(ctx, n.cfg.Layout.NodePrefix(node), func(in store.Info) error {
+		r, ok := n.cfg.Layout.ParseMirrorKey(in.Key)
+		if !ok || r.Node != node {
+			n.log.Debug("ignoring unexpected key", "key", in.Key)
+			return nil
+		}
+		if r.Epoch > to {
+			return errStopList
+		}
+		if r.Epoch >= from {
+			refs = append(refs, r)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStopList) {
+		return nil, fmt.Errorf("list namespace %s: %w", node, err)
+	}
+	return refs, nil
+}
+
+// parallel runs f over items with the configured concurrency and returns
+// the first error.
+func (n *Node) parallel(ctx context.Context, refs []MirrorRef, f func(MirrorRef) error) error {
+	sem := make(chan struct{}, n.cfg.Concurrency)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for _, r := range refs {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(r); err != nil {
+				mu.Lock()
+				first = cmpErr(first, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+func (n *Node) markInflight(e Entry) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.inflight[e] {
+		return false
+	}
+	n.inflight[e] = true
+	return true
+}
+
+func (n *Node) clearInflight(e Entry) {
+	n.mu.Lock()
+	delete(n.inflight, e)
+	n.mu.Unlock()
+}
+
+// takeoverEntry wins r's entry with a conditional claim and restores it.
+func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) error {
+	if !n.markInflight(r.Entry) {
+		return nil
+	}
+	defer n.clearInflight(r.Entry)
+	began := n.clock.Now()
+	c, ok, err := n.claimFor(ctx, r, epoch)
+	if err != nil || !ok {
+		return err
+	}
+	if err := n.complete(ctx, r.Entry, c, "takeover"); err != nil {
+		return err
+	}
+	n.m.takeoverSecs.Observe(n.clock.Now().Sub(began).Seconds())
+	return nil
+}
+
+// claimFor makes this node the owner of r's entry at epoch, or reports
+// ok=false when another node owns it and is alive at the claim's epoch.
+func (n *Node) claimFor(ctx context.Context, r MirrorRef, epoch uint64) (Claim, bool, error) {
+	e := r.Entry
+	for attempt := 0; attempt < 3; attempt++ {
+		fresh := Claim{Owner: n.cfg.Node, Epoch: epoch, From: r.Node, FromEpoch: r.Epoch, Token: 1, Transfers: 1}
+		lost, err := n.writeClaim(ctx, e, fresh, store.Condition{IfAbsent: true})
+		if err != nil {
+			return Claim{}, false, err
+		}
+		if !lost {
+			n.log.Info("claimed", "entry", e.String(), "from", r.Node, "from_epoch", r.Epoch, "epoch", epoch, "token", 1)
+			return fresh, true, nil
+		}
+		c, etag, found, err := n.readClaim(ctx, e)
+		if err != nil {
+			return Claim{}, false, err
+		}
+		if !found {
+			continue
+		}
+		n.mu.Lock()
+		horizon := n.horizonLocked(c.Owner)
+		n.mu.Unlock()
+		if c.Owner == n.cfg.Node && c.Epoch == epoch {
+			return c, true, nil
+		}
+		if c.Owner != n.cfg.Node && c.Epoch > horizon {
+			return Claim{}, false, nil
+		}
+		next := Claim{Owner: n.cfg.Node, Epoch: epoch, From: r.Node, FromEpoch: r.Epoch, Token: c.Token + 1, Transfers: c.Transfers + 1}
+		if c.Owner == n.cfg.Node {
+			next.Transfers = c.Transfers
+		}
+		lost, err = n.writeClaim(ctx, e, next, store.Condition{IfMatch: etag})
+		if err != nil {
+			return Claim{}, false, err
+		}
+		if lost {
+			continue
+		}
+		n.log.Info("claimed", "entry", e.String(), "from", r.Node, "from_epoch", r.Epoch, "prev_owner", c.Owner, "epoch", epoch, "token", next.Token)
+		return next, true, nil
+	}
+	return Claim{}, false, nil
+}
+
+// restoredAs is the entry a claimed entry becomes locally: itself, or a
+// preserved copy in bad once it has moved more than MaxTransfers times.
+func (n *Node) restoredAs(e Entry, c Claim) Entry {
+	if e.Kind == KindPck && c.Transfers > n.cfg.MaxTransfers {
+		return Entry{Queue: "bad", Base: e.Base, Kind: KindPsv}
+	}
+	return e
+}
+
+// complete fetches the copy claim c points at, stages and releases it
+// locally, and only then deletes the copy (G1: the entry is always in the
+// store or in a durable local file, and in the store again before the old
+// copy goes).
+func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string) error {
+	src := n.cfg.Layout.MirrorKey(c.From, c.FromEpoch, e)
+	data, _, err := store.GetBytes(ctx, n.st, src)
+	if errors.Is(err, store.ErrNotFound) {
+		n.log.Info("claimed entry has no copy left: finished by its previous owner", "entry", e.String(), "from", c.From, "token", c.Token)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get copy: %w", err)
+	}
+	target := n.restoredAs(e, c)
+	if target != e {
+		how = "preserved"
+		n.log.Warn("entry moved too often: preserving it in bad", "entry", e.String(), "transfers", c.Transfers, "max", n.cfg.MaxTransfers, "token", c.Token)
+	}
+	if err := n.local.Stage(target, data); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	if err := n.release(ctx, target); err != nil {
+		return err
+	}
+	if err := retry(ctx, n.clock, time.Second, func() error { return n.st.Delete(ctx, src) }); err != nil {
+		return fmt.Errorf("delete old copy: %w", err)
+	}
+	n.m.takeovers.WithLabelValues(how).Inc()
+	n.log.Info("restored", "entry", target.String(), "from", c.From, "epoch", c.Epoch, "token", c.Token, "how", how)
+	return nil
+}
