@@ -46,7 +46,9 @@ type Store interface {
 	// Put writes size bytes from body under key if cond holds. A failed
 	// condition (including IfMatch on a missing key) is ErrPrecondition.
 	// When a retried conditional write finds its own earlier attempt
-	// committed, Put reports success.
+	// committed, Put reports success. An implementation may still be
+	// reading body for a moment after Put returns (an HTTP client that got
+	// an early answer): never reuse or change the bytes behind it.
 	Put(ctx context.Context, key string, body io.Reader, size int64, cond Condition) (Info, error)
 	// Stat returns the object's metadata.
 	Stat(ctx context.Context, key string) (Info, error)

@@ -1,0 +1,368 @@
+package storetest
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Environment variables the MinIO harness reads.
+const (
+	// EnvMinIOBin names the minio server binary.
+	EnvMinIOBin = "MMSIDECAR_MINIO_BIN"
+	// EnvTestMinIO set to "off" skips real-MinIO tests (loudly); anything
+	// else, or unset, makes a missing or broken MinIO fail them.
+	EnvTestMinIO = "MMSIDECAR_TEST_MINIO"
+	// EnvEndpoint, EnvAccessKey and EnvSecretKey name a running MinIO
+	// (started by scripts/test.sh) that Shared uses instead of its own.
+	EnvEndpoint  = "MMSIDECAR_TEST_S3_ENDPOINT"
+	EnvAccessKey = "MMSIDECAR_TEST_S3_ACCESS_KEY"
+	EnvSecretKey = "MMSIDECAR_TEST_S3_SECRET_KEY"
+)
+
+// MinIOVersion is the module version of the MinIO server the tests need
+// (SPEC §3: it contains the read-quorum fix for conditional writes).
+const MinIOVersion = "github.com/minio/minio@v0.0.0-20260212201848-7aac2a2c5b7c"
+
+const (
+	readyTimeout = 60 * time.Second
+	stopTimeout  = 30 * time.Second
+)
+
+// MinIO is a MinIO server for tests: one this harness started (StartMinIO,
+// and Shared without the environment above) or one the test script runs.
+type MinIO struct {
+	// Endpoint is host:port of the S3 API.
+	Endpoint string
+	// AccessKey and SecretKey are the root credentials.
+	AccessKey, SecretKey string
+
+	t       testing.TB // fails Start/Stop errors; nil for a shared server
+	bin     string
+	args    []string
+	env     []string
+	logPath string
+	owned   bool // false for a server the test script runs
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	exited chan struct{}
+	paused bool
+}
+
+// Option configures StartMinIO.
+type Option func(*options)
+
+type options struct{ drives int }
+
+// WithDrives runs the server on n drives (a DIR{1...n} erasure set), the
+// cheapest way to exercise MinIO's distributed code path on one machine.
+func WithDrives(n int) Option { return func(o *options) { o.drives = n } }
+
+// StartMinIO starts a MinIO server of the test's own on a free 127.0.0.1
+// port with its data in t.TempDir(), waits until it serves, and kills it
+// when the test ends. Without a minio binary the test fails, unless
+// MMSIDECAR_TEST_MINIO=off, which skips it.
+func StartMinIO(t testing.TB, opts ...Option) *MinIO {
+	t.Helper()
+	skipIfOff(t)
+	bin, err := findMinIO()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := newMinIO(bin, t.TempDir(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.t = t
+	t.Cleanup(m.shutdown)
+	if err := m.startFresh(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+var shared struct {
+	once sync.Once
+	m    *MinIO
+	err  error
+}
+
+// Shared returns the MinIO every test of the binary shares: the one the
+// test script started (MMSIDECAR_TEST_S3_*), else one this binary starts
+// on first use and that dies with it. Tests must not stop or pause it; they
+// get a fresh bucket each with NewBucket or Store.
+func Shared(t testing.TB) *MinIO {
+	t.Helper()
+	skipIfOff(t)
+	shared.once.Do(func() { shared.m, shared.err = startShared() })
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.m
+}
+
+// startShared returns the script's MinIO or starts one for this process.
+func startShared() (*MinIO, error) {
+	if ep := os.Getenv(EnvEndpoint); ep != "" {
+		m := &MinIO{Endpoint: ep, AccessKey: os.Getenv(EnvAccessKey), SecretKey: os.Getenv(EnvSecretKey)}
+		if m.AccessKey == "" || m.SecretKey == "" {
+			return nil, fmt.Errorf("%s is set but %s or %s is empty", EnvEndpoint, EnvAccessKey, EnvSecretKey)
+		}
+		if err := waitHTTP(m.Endpoint, nil, readyTimeout); err != nil {
+			return nil, fmt.Errorf("MinIO at %s=%s: %w", EnvEndpoint, ep, err)
+		}
+		return m, nil
+	}
+	bin, err := findMinIO()
+	if err != nil {
+		return nil, err
+	}
+	sweepSharedDirs()
+	dir, err := os.MkdirTemp("", fmt.Sprintf("mmsidecar-minio-%d-", os.Getpid()))
+	if err != nil {
+		return nil, fmt.Errorf("shared MinIO: %w", err)
+	}
+	m, err := newMinIO(bin, dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.startFresh(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// sweepSharedDirs removes the data of shared servers whose test binary
+// has exited (their server died with it, by the parent-death signal).
+func sweepSharedDirs() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "mmsidecar-minio-*-*"))
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(d), "mmsidecar-minio-%d-", &pid); err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+// skipIfOff skips the test, loudly, when real-MinIO tests are turned off.
+func skipIfOff(t testing.TB) {
+	t.Helper()
+	if os.Getenv(EnvTestMinIO) == "off" {
+		t.Skipf("REAL-MINIO TESTS ARE OFF (%s=off): %s did not run against MinIO", EnvTestMinIO, t.Name())
+	}
+}
+
+// findMinIO locates the minio binary: $MMSIDECAR_MINIO_BIN, then
+// $HOME/.cache/mmsidecar/bin/minio, then the PATH.
+func findMinIO() (string, error) {
+	if p := os.Getenv(EnvMinIOBin); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("MinIO binary %s=%s: %w (set %s=off to skip real-MinIO tests)", EnvMinIOBin, p, err, EnvTestMinIO)
+		}
+		return p, nil
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		p := filepath.Join(home, ".cache", "mmsidecar", "bin", "minio")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("minio"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("MinIO server binary not found (tried $%s, $HOME/.cache/mmsidecar/bin/minio, PATH): "+
+		"run scripts/test.sh, or build it with `GOBIN=$HOME/.cache/mmsidecar/bin go install %s`; "+
+		"set %s=off to skip real-MinIO tests", EnvMinIOBin, MinIOVersion, EnvTestMinIO)
+}
+
+// newMinIO prepares a server on a free port with its data under dir.
+func newMinIO(bin, dir string, opts ...Option) (*MinIO, error) {
+	o := options{drives: 1}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, fmt.Errorf("MinIO port: %w", err)
+	}
+	data := filepath.Join(dir, "data")
+	if o.drives > 1 {
+		data = filepath.Join(dir, fmt.Sprintf("drive{1...%d}", o.drives))
+	}
+	m := &MinIO{
+		Endpoint:  fmt.Sprintf("127.0.0.1:%d", port),
+		AccessKey: "mmsidecar",
+		SecretKey: "secret-" + strings.ToLower(rand.Text()),
+		bin:       bin,
+		logPath:   filepath.Join(dir, "minio.log"),
+		owned:     true,
+	}
+	m.args = []string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(dir, "certs"), data}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MINIO_") {
+			m.env = append(m.env, kv)
+		}
+	}
+	m.env = append(m.env, "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
+		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+	if o.drives > 1 {
+		m.env = append(m.env, "MINIO_ROOTDISK_THRESHOLD_SIZE=1B")
+	}
+	return m, nil
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startFresh starts a new server, moving to another port if the chosen
+// one was taken in the meantime.
+func (m *MinIO) startFresh() error {
+	var err error
+	for range 3 {
+		if err = m.start(); err == nil || !strings.Contains(tail(m.logPath), "address already in use") {
+			return err
+		}
+		port, perr := freePort()
+		if perr != nil {
+			return err
+		}
+		old := m.Endpoint
+		m.Endpoint = fmt.Sprintf("127.0.0.1:%d", port)
+		for i, a := range m.args {
+			if a == old {
+				m.args[i] = m.Endpoint
+			}
+		}
+	}
+	return err
+}
+
+// start runs the server process and waits until it serves.
+func (m *MinIO) start() error {
+	m.mu.Lock()
+	if m.cmd != nil {
+		m.mu.Unlock()
+		return errors.New("MinIO is already running")
+	}
+	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		m.mu.Unlock()
+		return fmt.Errorf("MinIO log: %w", err)
+	}
+	cmd := exec.Command(m.bin, m.args...)
+	cmd.Env = m.env
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// The server dies with the test binary, even when it is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := spawn(cmd); err != nil {
+		logf.Close()
+		m.mu.Unlock()
+		return fmt.Errorf("start MinIO %s: %w", m.bin, err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		logf.Close()
+		close(exited)
+	}()
+	m.cmd, m.exited, m.paused = cmd, exited, false
+	m.mu.Unlock()
+	if err := waitHTTP(m.Endpoint, exited, readyTimeout); err != nil {
+		m.kill()
+		return fmt.Errorf("MinIO (%s %s) did not come up: %w\n--- minio.log ---\n%s", m.bin, strings.Join(m.args, " "), err, tail(m.logPath))
+	}
+	return nil
+}
+
+// spawner starts processes from one OS thread that never exits: the
+// parent-death signal fires when the forking thread dies, not the process.
+var spawner struct {
+	once sync.Once
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func spawn(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.reqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread()
+			for r := range spawner.reqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawner.reqs <- spawnReq{cmd: cmd, done: done}
+	return <-done
+}
+
+// waitHTTP polls the liveness endpoint until the object layer is up, the
+// process exits (exited closes), or the deadline passes.
+func waitHTTP(endpoint string, exited <-chan struct{}, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	client := &http.Client{Timeout: 2 * time.Second}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+endpoint+"/minio/health/live", nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Minio-Server-Status") != "offline" {
+				return nil
+			}
+			last = fmt.Errorf("health: %s (server status %q)", resp.Status, resp.Header.Get("X-Minio-Server-Status"))
+		} else {
+			last = err
+		}
+		select {
+		case <-exited:
+			return errors.New("the server process exited")
+		case <-ctx.Done():
+			return fmt.Errorf("not ready after %s: %w", timeout, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// tail returns the end of a log file.
+func tail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
