@@ -46,11 +46,15 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list claims: %w", err)
 	}
+	held := make(map[Entry]bool)
+	for _, e := range n.local.Held() {
+		held[e] = true
+	}
 	live := make(map[string]bool, len(infos))
 	var firstErr error
 	for _, ci := range infos {
 		live[ci.key] = true
-		if err := n.claimStep(octx, ci, epoch); err != nil {
+		if err := n.claimStep(octx, ci, epoch, held); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
@@ -64,7 +68,7 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	return firstErr
 }
 
-func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64) error {
+func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool) error {
 	n.mu.Lock()
 	cached, ok := n.claimCache[ci.key]
 	n.mu.Unlock()
@@ -89,6 +93,16 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64) error 
 	src := n.cfg.Layout.MirrorKey(c.From, c.FromEpoch, e)
 	ownCopy := c.From == n.cfg.Node && c.FromEpoch == 0
 	if n.local.Has(target) || n.local.Has(e) {
+		n.mu.Lock()
+		drain := n.drain
+		n.mu.Unlock()
+		if held[target] && c.Epoch == epoch && !drain {
+			// Staged by a takeover whose release failed: finish it
+			// before the old copy goes, or it stays held for good.
+			if err := n.release(ctx, target); err != nil {
+				return err
+			}
+		}
 		if !ownCopy && !cached.srcGone {
 			if err := n.st.Delete(ctx, src); err != nil {
 				return fmt.Errorf("delete old copy: %w", err)

@@ -92,13 +92,20 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	next.TTLMillis = n.cfg.TTL.Milliseconds()
 	next.Wall = time.Now().UTC()
 	next.Nonce = Nonce(n.rnd)
+	n.mu.Lock()
+	// Remembered before the write: if it commits but its answer is lost,
+	// the next try recognises the stored lease as ours and still knows
+	// that the node was taken over.
+	n.attempt, n.attemptAt = next, began
+	n.markedDead = n.markedDead || markedDead
+	n.mu.Unlock()
 	put, err := store.PutBytes(ctx, n.st, key, encode(next), cond)
 	if err != nil {
 		return fmt.Errorf("write lease: %w", err)
 	}
 	n.mu.Lock()
 	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
-	n.markedDead = n.markedDead || markedDead
+	n.unresolved = false
 	n.settleDone = false
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.setStateLocked(StateSettling)
@@ -132,14 +139,22 @@ func (n *Node) Renew(ctx context.Context) error {
 	n.mu.Lock()
 	next := n.lease
 	etag := n.leaseETag
+	resend := n.unresolved
+	if resend {
+		// The last attempt may have committed: send it again, so that
+		// its own commit comes back as a 412 we can recognise.
+		next, began = n.attempt, n.attemptAt
+	}
 	n.mu.Unlock()
-	next.Seq++
-	next.State = n.leaseState()
-	next.Wall = time.Now().UTC()
-	next.Nonce = Nonce(n.rnd)
-	n.mu.Lock()
-	n.attempt, n.attemptAt = next, began
-	n.mu.Unlock()
+	if !resend {
+		next.Seq++
+		next.State = n.leaseState()
+		next.Wall = time.Now().UTC()
+		next.Nonce = Nonce(n.rnd)
+		n.mu.Lock()
+		n.attempt, n.attemptAt = next, began
+		n.mu.Unlock()
+	}
 	rctx, cancel := context.WithTimeout(ctx, n.renewEvery())
 	defer cancel()
 	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
@@ -151,6 +166,7 @@ func (n *Node) Renew(ctx context.Context) error {
 	case err == nil:
 		n.mu.Lock()
 		n.lease, n.leaseETag = next, put.ETag
+		n.unresolved = false
 		if n.state != StateFenced {
 			n.renewedAt = began
 		}
@@ -161,11 +177,17 @@ func (n *Node) Renew(ctx context.Context) error {
 	case errors.Is(err, store.ErrPrecondition):
 		// Someone else wrote our lease: a peer declared us dead. Our
 		// token is stale; fence now rather than at the deadline.
+		n.mu.Lock()
+		n.unresolved = false
+		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("lost").Inc()
 		n.log.Warn("lease taken: fencing", "epoch", next.Epoch)
 		n.fence(ctx, "lost")
 		return err
 	default:
+		n.mu.Lock()
+		n.unresolved = true
+		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("error").Inc()
 		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)
 		return err
@@ -190,6 +212,7 @@ func (n *Node) adoptCommitted(ctx context.Context, key string) bool {
 		return false
 	}
 	n.lease, n.leaseETag = cur, info.ETag
+	n.unresolved = false
 	if n.state != StateFenced {
 		n.renewedAt = n.attemptAt
 	}
@@ -247,3 +270,8 @@ func (n *Node) fence(ctx context.Context, reason string) {
 	}
 	n.log.Warn("fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
 }
+
+// Stop fences the node because the sidecar is shutting down: nothing the
+// store knows as this node's may stay visible to runners that no sidecar
+// guards any more. A restart on the same disk settles the held entries.
+func (n *Node) Stop(ctx context.Context) { n.fence(ctx, "shutdown") }

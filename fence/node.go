@@ -74,8 +74,12 @@ type Node struct {
 	lease     Lease     // the lease body we last wrote successfully
 	leaseETag string    // its ETag
 	renewedAt time.Time // start of the last successful lease write
-	attempt   Lease     // the lease body of the last renewal attempt
+	attempt   Lease     // the lease body of the last lease write attempt
 	attemptAt time.Time // when that attempt started
+	// unresolved: the last renewal failed without an answer and may have
+	// committed; the next renewal re-sends the same body, so that a 412
+	// caused by it is recognised by its nonce.
+	unresolved bool
 	// markedDead says this node was declared dead (or lost its disk) since
 	// its held entries were held: settling must re-claim them.
 	markedDead bool

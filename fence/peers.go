@@ -115,6 +115,9 @@ func (n *Node) Scan(ctx context.Context) error {
 	}
 	n.countPeersLocked()
 	n.mu.Unlock()
+	// Map order is random: act in node order, so that a run is a
+	// function of its inputs (the simulator replays seeds).
+	sort.Slice(dying, func(i, j int) bool { return dying[i].node < dying[j].node })
 	for _, p := range dying {
 		n.markDead(ctx, p)
 	}

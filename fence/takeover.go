@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -36,6 +37,7 @@ func (n *Node) Takeover(ctx context.Context) error {
 		}
 	}
 	n.mu.Unlock()
+	sort.Slice(targets, func(i, j int) bool { return targets[i].node < targets[j].node })
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
 	var self uint64

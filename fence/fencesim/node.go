@@ -1,0 +1,327 @@
+package fencesim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+)
+
+const (
+	classSidecar = 1 // the coordinator and the mirror
+	classRunner  = 2 // Mailman's runners
+)
+
+var queues = []string{"in", "pipeline", "out"}
+
+// simNode is one machine: a disk, Mailman's runners and the current
+// sidecar incarnation (a fence.Node and its loops).
+type simNode struct {
+	w     *world
+	idx   int
+	id    string
+	clock *nodeClock
+	disk  *disk
+	inc   *incarnation
+	incs  int
+
+	crashes   int
+	freshDisk bool // wiped and not started since
+	mailmanUp bool
+	mmGen     int
+	busy      [3]bool
+
+	pauseAll     time.Duration // whole node paused until
+	pauseSidecar time.Duration // sidecar alone paused until
+	// retired: stopped for good (crashed without restart, or drained).
+	retired  bool
+	draining bool
+
+	// mirrorable: the sidecar could mirror (live gate, store reachable,
+	// not paused) continuously since mirrorableSince.
+	mirrorable      bool
+	mirrorableSince time.Duration
+}
+
+// incarnation is one sidecar process on a node.
+type incarnation struct {
+	w         *world
+	node      *simNode
+	no        int
+	n         *fence.Node
+	st        *storeView
+	stNoYield *storeView
+	local     *localView
+	dead      bool
+	tasks     []*task
+	fenceGen  uint64
+	started   bool
+	startErr  error
+}
+
+func (sn *simNode) at(t time.Duration, class int, fn func()) {
+	sn.w.at(t, func() {
+		if until := sn.pausedUntil(class); until > sn.w.now {
+			sn.at(until, class, fn)
+			return
+		}
+		fn()
+	})
+}
+
+func (sn *simNode) pausedUntil(class int) time.Duration {
+	u := sn.pauseAll
+	if class == classSidecar && sn.pauseSidecar > u {
+		u = sn.pauseSidecar
+	}
+	return u
+}
+
+// every returns d on the node's clock, less up to 10% jitter, as sim time.
+func (sn *simNode) every(d time.Duration) time.Duration {
+	d -= time.Duration(sn.w.rng.Int64N(int64(d/10) + 1))
+	return sn.clock.simDur(d)
+}
+
+// startSidecar starts a new incarnation: Start, then the loops; Mailman
+// starts after it when withMailman (a whole-node start).
+func (sn *simNode) startSidecar(fresh, withMailman bool) {
+	w := sn.w
+	if sn.retired || sn.inc != nil {
+		return
+	}
+	sn.incs++
+	inc := &incarnation{w: w, node: sn, no: sn.incs}
+	inc.st = &storeView{s: w.st, inc: inc}
+	inc.stNoYield = &storeView{s: w.st, inc: inc, noYield: true}
+	inc.local = &localView{d: sn.disk, inc: inc}
+	sc := w.sc
+	cfg := fence.Config{Node: sn.id, Layout: w.layout, TTL: sc.ttl, Grace: sc.grace, Margin: sc.margin,
+		MaxTransfers: sc.maxTransfers, Concurrency: 1}
+	rnd := rand.New(rand.NewPCG(w.seed, uint64(sn.idx)<<32|uint64(sn.incs)))
+	log := slog.New(&logHandler{w: w, node: sn.idx})
+	n, err := fence.New(cfg, inc.st, inc.local, sn.clock, rnd, nil, log)
+	if err != nil {
+		panic(fmt.Sprintf("fencesim: config of seed %d: %v", w.seed, err))
+	}
+	inc.n = n
+	sn.inc = inc
+	w.tracef(sn.idx, evFault, "sidecar incarnation %d starts (fresh disk %v, with mailman %v)", inc.no, fresh, withMailman)
+	inc.spawn("start", func(ctx context.Context) { inc.startErr = n.Start(ctx, fresh) }, func() {
+		if inc.startErr != nil {
+			w.tracef(sn.idx, evFault, "sidecar start failed, process exits: %v", inc.startErr)
+			inc.kill()
+			sn.inc = nil
+			sn.at(w.now+time.Second, classSidecar, func() { sn.startSidecar(fresh, withMailman) })
+			return
+		}
+		inc.started = true
+		sn.freshDisk = false
+		w.tracef(sn.idx, evNote, "sidecar started")
+		inc.loopRenew()
+		inc.loopWatchdog()
+		inc.loopScan()
+		inc.loopSync()
+		if withMailman {
+			sn.startMailman()
+		}
+		if sn.draining && !w.opt.AbandonDrain {
+			// The operator's drain outlives a sidecar restart.
+			inc.spawn("drain", func(ctx context.Context) { inc.n.StartDrain(ctx) }, nil)
+		}
+	})
+}
+
+func (inc *incarnation) loopRenew() {
+	if inc.dead {
+		return
+	}
+	inc.spawn("renew", func(ctx context.Context) { _ = inc.n.Renew(ctx) }, func() {
+		d := inc.w.sc.ttl / 3
+		if st, _ := inc.n.State(); st == fence.StateFenced {
+			d /= 3
+		}
+		inc.node.at(inc.w.now+inc.node.every(d), classSidecar, inc.loopRenew)
+	})
+}
+
+func (inc *incarnation) loopWatchdog() {
+	if inc.dead {
+		return
+	}
+	inc.n.CheckFence(context.Background())
+	inc.node.at(inc.w.now+inc.node.clock.simDur(inc.w.sc.watchdog), classSidecar, inc.loopWatchdog)
+}
+
+func (inc *incarnation) loopScan() {
+	if inc.dead {
+		return
+	}
+	n := inc.n
+	inc.spawn("scan", func(ctx context.Context) {
+		if n.Scan(ctx) != nil {
+			return
+		}
+		_ = n.Takeover(ctx)
+		_ = n.ClaimsPass(ctx)
+		_ = n.DrainStep(ctx)
+	}, func() {
+		sn := inc.node
+		if sn.draining && n.Drain().Done {
+			sn.drained()
+			return
+		}
+		d := inc.w.sc.ttl / 3
+		busy := sn.draining
+		for _, p := range n.Peers() {
+			if p.Lease.State == fence.StateDraining {
+				busy = true
+			}
+		}
+		if busy {
+			d /= 2
+		}
+		sn.at(inc.w.now+sn.every(d), classSidecar, inc.loopScan)
+	})
+}
+
+func (inc *incarnation) loopSync() {
+	if inc.dead {
+		return
+	}
+	inc.spawn("sync", func(ctx context.Context) { inc.node.disk.sync(ctx, inc) }, func() {
+		inc.node.at(inc.w.now+inc.node.every(inc.w.sc.syncEvery), classSidecar, inc.loopSync)
+	})
+}
+
+// startMailman runs Mailman's recovery and starts its runners.
+func (sn *simNode) startMailman() {
+	if sn.mailmanUp || sn.retired {
+		return
+	}
+	if sn.w.sc.recovery {
+		sn.disk.recover()
+	}
+	sn.mailmanUp = true
+	sn.mmGen++
+	sn.busy = [3]bool{}
+	sn.w.tracef(sn.idx, evFault, "mailman starts")
+	sn.w.or.mailman(sn.idx, true)
+	gen := sn.mmGen
+	for q := range queues {
+		sn.at(sn.w.now+time.Duration(sn.w.rng.Int64N(int64(sn.w.sc.runnerSleep))), classRunner, func() { sn.poll(q, gen) })
+	}
+}
+
+func (sn *simNode) stopMailman() {
+	if !sn.mailmanUp {
+		return
+	}
+	sn.mailmanUp = false
+	sn.mmGen++
+	sn.w.or.mailman(sn.idx, false)
+}
+
+// poll is one runner iteration: dequeue the oldest .pck, or sleep.
+func (sn *simNode) poll(q, gen int) {
+	w := sn.w
+	if sn.mmGen != gen || sn.busy[q] {
+		return
+	}
+	e, ok := sn.disk.oldest(queues[q])
+	if !ok {
+		sn.at(w.now+sn.clock.simDur(w.sc.runnerSleep), classRunner, func() { sn.poll(q, gen) })
+		return
+	}
+	sn.disk.dequeue(e)
+	w.or.run(e, sn.idx)
+	w.traceEntry(sn.idx, evRunner, "dequeue", e)
+	sn.busy[q] = true
+	d := w.sc.procMin + time.Duration(w.rng.Int64N(int64(w.sc.procMax-w.sc.procMin)))
+	if w.rng.Float64() < w.sc.longProcP {
+		d = w.sc.ttl + time.Duration(w.rng.Int64N(int64(2*w.sc.ttl)))
+	}
+	sn.at(w.now+sn.clock.simDur(d), classRunner, func() { sn.complete(q, gen, e) })
+}
+
+// complete finishes e: its successor goes into the next queue first.
+func (sn *simNode) complete(q, gen int, e fence.Entry) {
+	w := sn.w
+	if sn.mmGen != gen {
+		return
+	}
+	sn.busy[q] = false
+	if f := sn.disk.files[e]; f != nil && f.bak {
+		if q+1 < len(queues) {
+			w.newEntry(sn, queues[q+1])
+		}
+		sn.disk.finish(e)
+		w.traceEntry(sn.idx, evRunner, "finish", e)
+	}
+	sn.poll(q, gen)
+}
+
+// crash kills the whole node (or only its sidecar); restart < 0 never
+// brings it back.
+func (sn *simNode) crash(whole, wipe bool, restart time.Duration) {
+	w := sn.w
+	if sn.retired {
+		return
+	}
+	w.tracef(sn.idx, evFault, "CRASH whole=%v wipe=%v restart=%v", whole, wipe, restart)
+	if sn.inc != nil {
+		sn.inc.kill()
+		sn.inc = nil
+	}
+	if whole {
+		sn.stopMailman()
+	}
+	if wipe {
+		sn.disk.wipe()
+		sn.freshDisk = true
+	}
+	if restart < 0 {
+		sn.retired = true
+		sn.stopMailman()
+		return
+	}
+	sn.crashes++
+	gen := sn.crashes
+	w.at(w.now+restart, func() {
+		if sn.crashes != gen {
+			return // a later crash owns the restart
+		}
+		w.disturb()
+		sn.startSidecar(wipe || sn.freshDisk, !sn.mailmanUp)
+	})
+}
+
+// drained is the operator stopping a node whose drain is done, or
+// leaving it idle.
+func (sn *simNode) drained() {
+	w := sn.w
+	w.stats.Drains++
+	w.tracef(sn.idx, evFault, "drain done")
+	if sn.inc != nil {
+		sn.inc.kill()
+		sn.inc = nil
+	}
+	sn.stopMailman()
+	sn.retired = true
+}
+
+// updateMirrorable tracks whether the sidecar can mirror now (G1).
+func (sn *simNode) updateMirrorable() {
+	w := sn.w
+	ok := sn.inc != nil && !sn.inc.dead && sn.pausedUntil(classSidecar) <= w.now && !w.unreachable(sn.idx)
+	if ok {
+		ok = sn.inc.n.Gate().Writable
+	}
+	if ok != sn.mirrorable {
+		sn.mirrorable = ok
+		sn.mirrorableSince = w.now
+	}
+}

@@ -1,0 +1,468 @@
+package fencesim
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+)
+
+// Stats is what one run observed.
+type Stats struct {
+	// Events is the number of scheduler events run.
+	Events int
+	// Entries counts entries created; Finished those Mailman finished.
+	Entries, Finished int
+	// Fences counts self-fences (quarantines of known entries).
+	Fences int
+	// LostAnswers counts writes that committed but answered an error.
+	LostAnswers int
+	// LostYoung counts entries lost with a wiped disk within the lag bound.
+	LostYoung int
+	// Drains counts drains that completed.
+	Drains int
+	// RestoredFinished counts entries restored after Mailman finished them
+	// somewhere (re-runs of entries in flight at a fence or crash).
+	RestoredFinished int
+	// CrossNode counts entries dequeued on more than one node; Reruns
+	// entries dequeued more than once.
+	CrossNode, Reruns int
+	// Beyond is true when a fault beyond the timing model happened.
+	Beyond bool
+	// BeyondG2 counts entries seen as .pck on two nodes beyond the model.
+	BeyondG2 int
+	// G5Checked counts crashes whose failover was timed; G5Worst is the
+	// slowest, as a fraction of the allowed bound.
+	G5Checked int
+	G5Worst   float64
+	// Digest hashes the whole trace: equal digests mean equal runs.
+	Digest uint64
+}
+
+// Violation is a broken guarantee, with everything needed to replay it.
+type Violation struct {
+	// Seed replays the run.
+	Seed uint64
+	// Guarantee is G1, G2, G3, G5, G6 or "sim".
+	Guarantee string
+	// At is the sim time of the violation.
+	At time.Duration
+	// Msg says what broke.
+	Msg string
+	// Report is the scenario and the trace, ready to print.
+	Report string
+}
+
+func (v *Violation) Error() string {
+	return fmt.Sprintf("seed %d: %s violated at %.3fs: %s", v.Seed, v.Guarantee, v.At.Seconds(), v.Msg)
+}
+
+// Result is the outcome of one seed.
+type Result struct {
+	Seed      uint64
+	Violation *Violation
+	Stats     Stats
+}
+
+type world struct {
+	seed   uint64
+	opt    Options
+	sc     *scenario
+	rng    *rand.Rand
+	now    time.Duration
+	seq    uint64
+	q      eventQueue
+	cur    *task
+	st     *simStore
+	nodes  []*simNode
+	layout fence.Layout
+	or     *oracle
+	tr     *tracer
+	fail   *Violation
+	stats  Stats
+	// beyondAt is when the run went beyond the timing model.
+	beyondAt    time.Duration
+	beyondG2    map[fence.Entry]bool
+	lastDisturb time.Duration
+	ids         int
+}
+
+// Run simulates one seed.
+func Run(seed uint64, opt Options) Result {
+	if opt.Trace <= 0 {
+		opt.Trace = 50
+	}
+	w := &world{seed: seed, opt: opt, rng: rand.New(rand.NewPCG(seed, 0x5eed)), layout: fence.NewLayout("mm"),
+		beyondAt: math.MaxInt64, beyondG2: make(map[fence.Entry]bool)}
+	w.sc = newScenario(w.rng, opt)
+	w.tr = newTracer()
+	w.or = newOracle(w)
+	w.st = newSimStore(w)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := 0; i < w.sc.nodes; i++ {
+		sn := &simNode{w: w, idx: i, id: fmt.Sprintf("node%d", i)}
+		sn.clock = &nodeClock{w: w, rate: w.sc.rates[i], base: base.Add(time.Duration(w.rng.Int64N(int64(time.Hour))))}
+		sn.disk = newDisk(sn)
+		w.nodes = append(w.nodes, sn)
+	}
+	for _, sn := range w.nodes {
+		w.at(time.Duration(w.rng.Int64N(int64(w.sc.ttl/3))), func() { sn.startSidecar(false, true) })
+	}
+	w.schedulePosts()
+	for _, f := range w.sc.faults {
+		w.at(f.at, func() { w.apply(f) })
+	}
+	w.loop()
+	w.finish()
+	if opt.Dump != nil {
+		fmt.Fprintf(opt.Dump, "seed %d\n%s", seed, w.sc)
+		for _, ev := range w.tr.last(len(w.tr.ring)) {
+			fmt.Fprintln(opt.Dump, w.format(ev))
+		}
+	}
+	w.tr.release()
+	return Result{Seed: seed, Violation: w.fail, Stats: w.stats}
+}
+
+func (w *world) loop() {
+	defer w.shutdown()
+	for w.q.Len() > 0 && w.fail == nil {
+		ev := heap.Pop(&w.q).(*event)
+		if ev.at > w.sc.end {
+			break
+		}
+		w.now = ev.at
+		ev.fn()
+		w.stats.Events++
+		for _, sn := range w.nodes {
+			sn.updateMirrorable()
+		}
+	}
+	if w.fail == nil {
+		w.finalCheck()
+	}
+}
+
+// shutdown ends every goroutine the run started.
+func (w *world) shutdown() {
+	for _, sn := range w.nodes {
+		if sn.inc != nil {
+			sn.inc.kill()
+		}
+	}
+}
+
+func (w *world) finish() {
+	w.stats.Entries = len(w.or.all)
+	for _, es := range w.or.all {
+		if es.term == termFinished {
+			w.stats.Finished++
+		}
+	}
+	w.stats.CrossNode, w.stats.Reruns = w.or.duplicates()
+	w.stats.Beyond = w.beyondAt != math.MaxInt64
+	w.stats.BeyondG2 = len(w.beyondG2)
+	w.stats.Digest = w.tr.hash
+}
+
+func (w *world) nodeName(i int) string {
+	if i < 0 || i >= len(w.nodes) {
+		return "?"
+	}
+	return w.nodes[i].id
+}
+
+// latency draws one leg of a store request.
+func (w *world) latency() time.Duration {
+	sc := w.sc
+	if w.rng.Float64() < sc.spikeP {
+		return uniform(w.rng, sc.latMax, sc.spikeMax)
+	}
+	if w.rng.Float64() < sc.latZeroP {
+		return 0
+	}
+	return uniform(w.rng, 0, sc.latMax)
+}
+
+// unreachable reports whether node cannot reach the store now.
+func (w *world) unreachable(node int) bool {
+	for _, f := range w.sc.faults {
+		if (f.kind == fOutage || f.kind == fPartition && f.node == node) && w.now >= f.at && w.now < f.at+f.dur {
+			return true
+		}
+	}
+	return false
+}
+
+// disturb marks a fault starting or ending, for G5's quiet windows.
+func (w *world) disturb() { w.lastDisturb = w.now }
+
+func (w *world) goneBeyond(at time.Duration, why string) {
+	if at < w.beyondAt {
+		w.beyondAt = at
+		w.at(at, func() { w.tracef(-1, evFault, "beyond the timing model from here: %s", why) })
+	}
+}
+
+// apply starts one fault.
+func (w *world) apply(f fault) {
+	sn := w.nodes[f.node]
+	w.disturb()
+	w.at(f.at+max(f.dur, 0), w.disturb)
+	w.tracef(f.node, evFault, "FAULT %s", f)
+	limit := w.sc.modelLimit
+	switch f.kind {
+	case fCrash, fCrashWipe:
+		sn.crash(true, f.kind == fCrashWipe, f.dur)
+		w.watchFailover(sn, f)
+	case fRetire:
+		sn.crash(true, false, -1)
+		w.watchFailover(sn, f)
+	case fCrashSidecar:
+		if sn.retired || !sn.mailmanUp || sn.inc == nil {
+			return
+		}
+		sn.crash(false, false, f.dur)
+		inc0 := sn.incs
+		w.at(f.at+limit, func() {
+			inc := sn.inc
+			if sn.mailmanUp && (inc == nil || sn.incs == inc0 || !inc.started && w.starting(inc)) {
+				w.goneBeyond(f.at+limit, fmt.Sprintf("%s's sidecar down longer than margin+grace while its runners run", sn.id))
+			}
+		})
+	case fPause:
+		sn.pauseAll = max(sn.pauseAll, f.at+f.dur)
+		if f.dur > limit {
+			w.goneBeyond(f.at+limit, fmt.Sprintf("%s paused %v > margin+grace %v", sn.id, f.dur, limit))
+		}
+	case fPauseSidecar:
+		sn.pauseSidecar = max(sn.pauseSidecar, f.at+f.dur)
+		if f.dur > limit && sn.mailmanUp {
+			w.goneBeyond(f.at+limit, fmt.Sprintf("%s's sidecar paused %v > margin+grace %v", sn.id, f.dur, limit))
+		}
+	case fPartition, fOutage:
+		w.at(f.at+f.dur, func() { w.tracef(f.node, evFault, "FAULT END %s", faultNames[f.kind]) })
+	case fDrain:
+		if sn.retired || sn.inc == nil || !sn.inc.started || sn.draining {
+			return
+		}
+		sn.draining = true
+		inc := sn.inc
+		inc.spawn("drain", func(ctx context.Context) { inc.n.StartDrain(ctx) }, nil)
+	}
+}
+
+// starting reports whether inc has not written its first lease yet.
+func (w *world) starting(inc *incarnation) bool {
+	st, _ := inc.n.State()
+	return st == fence.StateStarting
+}
+
+// schedulePosts spreads fresh posts over the run.
+func (w *world) schedulePosts() {
+	for i := 0; i < w.sc.posts; i++ {
+		at := uniform(w.rng, w.sc.ttl, w.sc.quietAt)
+		pick := w.rng.Uint64()
+		w.at(at, func() {
+			var up []*simNode
+			for _, sn := range w.nodes {
+				if sn.mailmanUp && !sn.draining && !sn.retired {
+					up = append(up, sn)
+				}
+			}
+			if len(up) > 0 {
+				w.newEntry(up[pick%uint64(len(up))], "in")
+			}
+		})
+	}
+}
+
+// newEntry writes a fresh entry into queue on sn, as Mailman does.
+func (w *world) newEntry(sn *simNode, queue string) {
+	w.ids++
+	at := sn.clock.Now()
+	base := fmt.Sprintf("%d.%06d+%040x", at.Unix(), at.Nanosecond()/1000, w.ids)
+	e := fence.Entry{Queue: queue, Base: base, Kind: fence.KindPck}
+	w.or.create(e, sn.idx)
+	sn.disk.enqueue(e, []byte(fmt.Sprintf("entry %d born on %s", w.ids, sn.id)))
+	w.traceEntry(sn.idx, evRunner, "enqueue", e)
+}
+
+// watchFailover times G5 for a whole-node crash: the dead node's mirrored
+// entries must be back in processing on survivors within TTL + grace + a
+// restore bound, when nothing else disturbs the cluster meanwhile.
+func (w *world) watchFailover(sn *simNode, f fault) {
+	sc := w.sc
+	var victims []*entryState
+	prefix := w.layout.NodePrefix(sn.id)
+	seen := map[fence.Entry]bool{}
+	for _, k := range w.st.prefixRange(prefix) {
+		r, ok := w.layout.ParseMirrorKey(k)
+		if !ok || seen[r.Entry] {
+			continue
+		}
+		seen[r.Entry] = true
+		if es := w.or.entries[r.Entry]; es != nil && es.term == termNone {
+			victims = append(victims, es)
+		}
+	}
+	quietBefore := w.now - w.lastDisturbBefore(f)
+	detect := time.Duration(float64(sc.ttl+sc.grace)/0.98) + 2*sc.ttl/3 + sc.watchdog
+	restore := sc.ttl + time.Duration(len(victims))*8*(sc.latMax+time.Millisecond)
+	bound := detect + restore
+	crashAt := w.now
+	var backAt time.Duration
+	var probe func()
+	probe = func() {
+		if backAt != 0 || w.fail != nil {
+			return
+		}
+		for _, es := range victims {
+			if !w.or.inProcessing(es, sn.idx) {
+				if w.now < crashAt+bound {
+					w.at(w.now+sc.watchdog, probe)
+				}
+				return
+			}
+		}
+		backAt = w.now
+	}
+	w.at(w.now, probe)
+	w.at(w.now+bound, func() {
+		if w.fail != nil || quietBefore < 2*sc.ttl || w.lastDisturb > crashAt || sn.inc != nil || sn.mailmanUp {
+			return
+		}
+		live := 0
+		for _, o := range w.nodes {
+			if o != sn && o.inc != nil && o.inc.started && o.mailmanUp && !o.draining {
+				live++
+			}
+		}
+		if live == 0 {
+			return
+		}
+		w.stats.G5Checked++
+		for _, es := range victims {
+			if !w.or.inProcessing(es, sn.idx) {
+				w.violate("G5", []fence.Entry{es.e}, "%s of crashed %s not back in processing %v after the crash (bound: detect %v + restore %v for %d entries)",
+					w.or.name(es.e), sn.id, bound, detect, restore, len(victims))
+				return
+			}
+		}
+		if backAt != 0 {
+			w.stats.G5Worst = max(w.stats.G5Worst, float64(backAt-crashAt)/float64(bound))
+		}
+	})
+}
+
+// lastDisturbBefore is the last disturbance before f started.
+func (w *world) lastDisturbBefore(f fault) time.Duration {
+	last := time.Duration(0)
+	for _, g := range w.sc.faults {
+		if g.at < f.at {
+			end := g.at + max(g.dur, 0)
+			if g.kind == fDrain || g.kind == fRetire {
+				end = w.sc.end
+			}
+			last = max(last, min(end, f.at))
+		}
+	}
+	return last
+}
+
+// finalCheck runs when the quiet period is over: every entry must be
+// finished, preserved, or in processing on a running node.
+func (w *world) finalCheck() {
+	stuck := w.or.stuck()
+	if len(stuck) == 0 {
+		return
+	}
+	var names []string
+	var es []fence.Entry
+	for i, s := range stuck {
+		if i < 8 {
+			names = append(names, w.or.name(s.e)+w.where(s))
+			es = append(es, s.e)
+		}
+	}
+	w.violate("G5", es, "%d entries not in processing after %v of quiet: %s", len(stuck), w.sc.end-w.sc.quietAt, strings.Join(names, ", "))
+}
+
+// where describes where an entry is, for reports.
+func (w *world) where(es *entryState) string {
+	var at []string
+	for i, sn := range w.nodes {
+		if f := sn.disk.files[es.e]; f != nil {
+			s := ".pck"
+			if f.bak {
+				s = ".bak"
+			}
+			at = append(at, sn.id+":"+s)
+		}
+		if _, ok := sn.disk.held[es.e]; ok {
+			at = append(at, sn.id+":held")
+		}
+		_ = i
+	}
+	if es.inStore > 0 {
+		at = append(at, fmt.Sprintf("store×%d", es.inStore))
+	}
+	return "[" + strings.Join(at, " ") + "]"
+}
+
+// violate records a broken guarantee. G2 beyond the timing model is
+// counted, not failed.
+func (w *world) violate(g string, es []fence.Entry, format string, args ...any) {
+	if w.fail != nil {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	if g == "G2" && w.now >= w.beyondAt {
+		for _, e := range es {
+			w.beyondG2[e] = true
+		}
+		w.tracef(-1, evNote, "beyond the model: %s", msg)
+		return
+	}
+	w.tracef(-1, evNote, "VIOLATION %s: %s", g, msg)
+	w.fail = &Violation{Seed: w.seed, Guarantee: g, At: w.now, Msg: msg}
+	w.fail.Report = w.report(es)
+}
+
+func (w *world) report(es []fence.Entry) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "fencesim: seed %d: %s violated at %.3fs: %s\n", w.seed, w.fail.Guarantee, w.now.Seconds(), w.fail.Msg)
+	fmt.Fprintf(&b, "scenario:\n%s", w.sc)
+	for _, e := range es {
+		s := w.or.entries[e]
+		if s == nil {
+			continue
+		}
+		var runs []string
+		for _, n := range s.runs {
+			runs = append(runs, w.nodeName(n))
+		}
+		fmt.Fprintf(&b, "history of %s (born %.3fs on %s, runs %v, transfers %d, now %s):\n", w.or.name(e), s.born.Seconds(), w.nodeName(s.bornOn), runs, s.transfers, w.where(s))
+		var hist []string
+		for _, ev := range w.tr.last(len(w.tr.ring)) {
+			if w.mentions(ev, e) {
+				hist = append(hist, "  "+w.format(ev))
+			}
+		}
+		if len(hist) > 60 {
+			hist = hist[len(hist)-60:]
+		}
+		b.WriteString(strings.Join(hist, "\n") + "\n")
+	}
+	fmt.Fprintf(&b, "last %d events:\n", w.opt.Trace)
+	for _, ev := range w.tr.last(w.opt.Trace) {
+		b.WriteString("  " + w.format(ev) + "\n")
+	}
+	fmt.Fprintf(&b, "replay: go test ./fence/fencesim -run 'Sim$' -seed=%d -v\n", w.seed)
+	return b.String()
+}
