@@ -1,0 +1,154 @@
+package runner
+
+import (
+	"context"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+// delKind says why a copy is deleted.
+type delKind uint8
+
+const (
+	// delFinished: the entry is finished locally. Runs once every upload
+	// queued before the entry was seen gone is done (barrier), so that
+	// its successor is in the store first. Needs no open gate.
+	delFinished delKind = iota + 1
+	// delCleanup: an older copy of a live entry that has a newer one.
+	// Left alone if its epoch is below the gate's OwnFrom (a peer's
+	// takeover owns it).
+	delCleanup
+)
+
+// maxDeleteBatch is the most keys passed to one DeleteMany.
+const maxDeleteBatch = 1000
+
+// delItem is one queued delete.
+type delItem struct {
+	seq     uint64
+	kind    delKind
+	key     string
+	e       fence.Entry
+	barrier uint64
+}
+
+// queueDeleteLocked queues the delete of key, a copy of e.
+func (m *Mirror) queueDeleteLocked(kind delKind, key string, e fence.Entry, barrier uint64) {
+	m.delQueue = append(m.delQueue, &delItem{seq: m.dels.add(), kind: kind, key: key, e: e, barrier: barrier})
+	m.met.DeletesPending.Set(float64(m.dels.pending()))
+	signal(m.delWake)
+}
+
+// deleteWorker issues queued deletes in batches until ctx ends: whatever
+// is due at once, then at most one batch per DeleteBatchDelay.
+func (m *Mirror) deleteWorker(ctx context.Context) {
+	for {
+		select {
+		case <-m.delWake:
+		case <-ctx.Done():
+			return
+		}
+		for {
+			batch := m.takeDeletes()
+			if len(batch) == 0 {
+				break
+			}
+			if !m.runDeletes(ctx, batch) {
+				return
+			}
+			if !m.sleep(ctx, m.cfg.DeleteBatchDelay) {
+				return
+			}
+		}
+	}
+}
+
+// takeDeletes removes the due deletes from the queue and settles those
+// that are no longer wanted.
+func (m *Mirror) takeDeletes() []*delItem {
+	g := m.gate()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var batch []*delItem
+	rest := make([]*delItem, 0, len(m.delQueue))
+	for _, it := range m.delQueue {
+		if len(batch) >= maxDeleteBatch || it.kind == delFinished && it.barrier > m.ups.low {
+			rest = append(rest, it)
+			continue
+		}
+		if m.unwantedLocked(it, g) {
+			m.dels.done(it.seq)
+			continue
+		}
+		batch = append(batch, it)
+	}
+	m.delQueue = rest
+	m.met.DeletesPending.Set(float64(m.dels.pending()))
+	m.notifyLocked()
+	return batch
+}
+
+// unwantedLocked reports whether a queued delete must not run anymore.
+func (m *Mirror) unwantedLocked(it *delItem, g fence.Gate) bool {
+	cur := m.index[it.e]
+	switch it.kind {
+	case delFinished:
+		// The entry is back (restored or released): keep its copy.
+		return cur != nil && !cur.gone && (cur.durable == it.key || cur.up != nil)
+	default:
+		if cur != nil && cur.durable == it.key {
+			return true
+		}
+		ref, ok := m.cfg.Layout.ParseMirrorKey(it.key)
+		return !ok || ref.Epoch < g.OwnFrom
+	}
+}
+
+// runDeletes deletes batch, retrying with backoff until it succeeds; it
+// reports false if ctx ended first.
+func (m *Mirror) runDeletes(ctx context.Context, batch []*delItem) bool {
+	keys := make([]string, len(batch))
+	for i, it := range batch {
+		keys[i] = it.key
+	}
+	bo := backoff{r: m.rand}
+	for {
+		err := m.st.DeleteMany(ctx, keys)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		code := store.CodeOf(err)
+		m.met.DeleteErrors.WithLabelValues(code).Inc()
+		m.log.Warn("delete failed; retrying", "keys", len(keys), "first", keys[0], "code", code, "err", err)
+		if !m.sleep(ctx, bo.next()) {
+			return false
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.met.Deletes.Add(float64(len(batch)))
+	m.log.Debug("deleted copies of finished entries", "count", len(batch), "first", keys[0])
+	for _, it := range batch {
+		m.dels.done(it.seq)
+		cur := m.index[it.e]
+		if cur == nil || cur.durable != it.key {
+			continue
+		}
+		// The copy we know of is gone now.
+		cur.durable, cur.durVer, cur.delQueued = "", version{}, false
+		if cur.gone {
+			m.forgetLocked(cur)
+			continue
+		}
+		// The entry came back while its copy was being deleted.
+		m.log.Info("entry came back while its copy was deleted: uploading again", "queue", it.e.Queue, "entry", it.e.FileName())
+		m.requestUploadLocked(cur)
+	}
+	m.met.DeletesPending.Set(float64(m.dels.pending()))
+	m.notifyLocked()
+	return true
+}

@@ -1,0 +1,409 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"sort"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+var _ fence.Local = (*Mirror)(nil)
+
+// Errors of the fence.Local methods; test with errors.Is.
+var (
+	// ErrGateClosed: Mirror or Release was called with the gate closed.
+	ErrGateClosed = errors.New("gate closed")
+	// ErrNotHeld: the entry is not in the hold area.
+	ErrNotHeld = errors.New("entry not held")
+	// ErrInvalidEntry: the entry's queue, base or kind is not valid.
+	ErrInvalidEntry = errors.New("invalid entry")
+)
+
+// tmpSuffix ends the names of the mirror's temp files: never .pck or .bak.
+const tmpSuffix = ".mmsidecar.tmp"
+
+// fileMode is the mode of every file the mirror puts in a queue directory.
+const fileMode fs.FileMode = 0o660
+
+func validEntry(e fence.Entry) error {
+	if !fence.ValidName(e.Queue) || !fence.ValidBase(e.Base) || e.Kind != fence.KindPck && e.Kind != fence.KindPsv {
+		return fmt.Errorf("%w: %q", ErrInvalidEntry, e.String())
+	}
+	return nil
+}
+
+// holdLocked moves st's Mailman-visible .pck into the hold area. It
+// reports false, with no error, if the .pck is not there (a runner
+// renamed it to .bak first: in flight).
+func (m *Mirror) holdLocked(st *entryState) (bool, error) {
+	e := st.e
+	qdir := m.queueDir(e.Queue)
+	src := filepath.Join(qdir, e.Base+".pck")
+	hdir := filepath.Join(m.holdDir, e.Queue)
+	if err := m.fs.MkdirAll(hdir, 0o750); err != nil {
+		return false, fmt.Errorf("hold %s: %w", e, err)
+	}
+	dst := filepath.Join(hdir, e.FileName())
+	if _, err := m.fs.Lstat(dst); err == nil {
+		return false, fmt.Errorf("hold %s: %w", e, fs.ErrExist)
+	}
+	if err := m.fs.Rename(src, dst); err != nil {
+		if isNotExist(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("hold %s: %w", e, err)
+	}
+	if err := m.fs.SyncDir(hdir); err != nil {
+		m.log.Warn("fsync hold directory", "queue", e.Queue, "err", err)
+	}
+	if err := m.fs.SyncDir(qdir); err != nil {
+		m.log.Warn("fsync queue directory", "queue", e.Queue, "err", err)
+	}
+	if fi, err := m.fs.Lstat(dst); err == nil {
+		st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()
+	}
+	if st.gone {
+		st.gone, st.delQueued = false, false
+	}
+	m.setWhereLocked(st, locHeld)
+	m.cancelUploadLocked(st)
+	m.log.Debug("entry held", "queue", e.Queue, "entry", e.FileName(), "mirrored", st.durable != "")
+	return true, nil
+}
+
+// Quarantine implements fence.Local: it moves Mailman-visible .pck files
+// into the hold area, all of them or only those the store may know (a
+// durable copy, or an upload past the gate). A .pck that a runner renames
+// to .bak first is in flight and left alone; a .bak is never touched.
+func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error) {
+	var moved []fence.Entry
+	var errs []error
+	for _, q := range m.watchedQueues() {
+		names, err := m.fs.ReadDir(m.queueDir(q))
+		if err != nil {
+			if !isNotExist(err) {
+				errs = append(errs, fmt.Errorf("quarantine: list %s: %w", q, err))
+			}
+			continue
+		}
+		for _, name := range names {
+			if err := ctx.Err(); err != nil {
+				return moved, fmt.Errorf("quarantine: %w", err)
+			}
+			base, ext, ok := fence.ParseFileName(name)
+			if !ok || ext != fence.ExtPck {
+				continue
+			}
+			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindPck}
+			m.mu.Lock()
+			st := m.index[e]
+			known := st != nil && (st.durable != "" || st.up != nil && st.up.started)
+			if all || known {
+				if st == nil {
+					st = m.entryLocked(e)
+				}
+				ok, err := m.holdLocked(st)
+				switch {
+				case err != nil:
+					errs = append(errs, fmt.Errorf("quarantine: %w", err))
+				case ok:
+					moved = append(moved, e)
+				}
+				m.forgetLocked(st)
+			}
+			m.mu.Unlock()
+		}
+	}
+	if len(moved) > 0 {
+		m.log.Warn("quarantined entries", "count", len(moved), "all", all)
+	}
+	return moved, errors.Join(errs...)
+}
+
+// Held implements fence.Local: the entries in the hold area, by queue and
+// name.
+func (m *Mirror) Held() []fence.Entry {
+	m.mu.Lock()
+	var out []fence.Entry
+	for e, st := range m.index {
+		if st.where == locHeld {
+			out = append(out, e)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Queue != out[j].Queue {
+			return out[i].Queue < out[j].Queue
+		}
+		return out[i].FileName() < out[j].FileName()
+	})
+	return out
+}
+
+// Stage implements fence.Local: it writes data for e into the hold area
+// (temp file, fsync, rename, fsync of the directory). If the node already
+// holds e anywhere (a takeover resumed after a crash) it does nothing: the
+// local file is never replaced.
+func (m *Mirror) Stage(e fence.Entry, data []byte) error {
+	if err := validEntry(e); err != nil {
+		return fmt.Errorf("stage: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, _, err := m.locate(e); err != nil {
+		return fmt.Errorf("stage %s: %w", e, err)
+	} else if l != locNone {
+		m.log.Debug("stage: entry already here", "queue", e.Queue, "entry", e.FileName(), "where", l.String())
+		return nil
+	}
+	dir := filepath.Join(m.holdDir, e.Queue)
+	if err := m.fs.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("stage %s: %w", e, err)
+	}
+	tmp := "." + e.Base + tmpSuffix
+	if err := m.fs.Remove(filepath.Join(dir, tmp)); err != nil && !isNotExist(err) {
+		return fmt.Errorf("stage %s: remove old temp file: %w", e, err)
+	}
+	if err := m.fs.WriteTemp(dir, tmp, data, m.cfg.UID, m.cfg.GID, fileMode); err != nil {
+		return fmt.Errorf("stage %s: %w", e, err)
+	}
+	dst := filepath.Join(dir, e.FileName())
+	if err := m.fs.Rename(filepath.Join(dir, tmp), dst); err != nil {
+		m.fs.Remove(filepath.Join(dir, tmp))
+		return fmt.Errorf("stage %s: %w", e, err)
+	}
+	if err := m.fs.SyncDir(dir); err != nil {
+		return fmt.Errorf("stage %s: fsync hold directory: %w", e, err)
+	}
+	fi, err := m.fs.Lstat(dst)
+	if err != nil {
+		return fmt.Errorf("stage %s: %w", e, err)
+	}
+	st := m.entryLocked(e)
+	st.gone, st.delQueued = false, false
+	st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()
+	m.setWhereLocked(st, locHeld)
+	return nil
+}
+
+// Mirror implements fence.Local: it makes the held entry e durable under
+// the gate's epoch (unless that copy exists already) and returns the key.
+// Transient store errors are retried with backoff until ctx ends. An older
+// copy of the node (epoch >= OwnFrom) is deleted afterwards.
+func (m *Mirror) Mirror(ctx context.Context, e fence.Entry) (string, error) {
+	g := m.gate()
+	if !g.Writable {
+		return "", fmt.Errorf("mirror %s: %w", e, ErrGateClosed)
+	}
+	key := m.cfg.Layout.MirrorKey(m.cfg.Node, g.Epoch, e)
+	bo := backoff{r: m.rand}
+	for {
+		m.mu.Lock()
+		st := m.index[e]
+		if st == nil || st.where != locHeld {
+			m.mu.Unlock()
+			return "", fmt.Errorf("mirror %s: %w", e, ErrNotHeld)
+		}
+		if hasOwnCopy(st, g) && st.durVer == st.seen && !st.delQueued {
+			// A copy of this node's that no takeover can claim is
+			// as good as a new one.
+			own := st.durable
+			m.mu.Unlock()
+			return own, nil
+		}
+		m.mu.Unlock()
+		err := m.putHeld(ctx, e, key, g.Epoch)
+		if err == nil {
+			return key, nil
+		}
+		if errors.Is(err, ErrNotHeld) || store.KindOf(err) != store.KindTransient {
+			return "", fmt.Errorf("mirror %s: %w", e, err)
+		}
+		if !m.sleep(ctx, bo.next()) {
+			return "", fmt.Errorf("mirror %s: %w (last error: %v)", e, ctx.Err(), err)
+		}
+	}
+}
+
+// putHeld uploads the held file of e under key once.
+func (m *Mirror) putHeld(ctx context.Context, e fence.Entry, key string, epoch uint64) error {
+	f, err := m.fs.Open(m.holdPath(e))
+	if err != nil {
+		if isNotExist(err) {
+			return ErrNotHeld
+		}
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Regular() {
+		return ErrNotHeld
+	}
+	if _, err := m.st.Put(ctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{}); err != nil {
+		m.met.UploadErrors.WithLabelValues(store.CodeOf(err)).Inc()
+		m.log.Warn("upload of held entry failed", "queue", e.Queue, "entry", e.FileName(), "epoch", epoch, "code", store.CodeOf(err), "err", err)
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.met.Uploads.Inc()
+	m.met.UploadBytes.Add(float64(fi.Size))
+	m.queueLocked(e.Queue).lastMirror = m.clock.Now()
+	if st := m.index[e]; st != nil {
+		old := st.durable
+		st.durable, st.durEpoch, st.durVer, st.delQueued = key, epoch, versionOf(fi), false
+		if old != "" && old != key {
+			m.queueDeleteLocked(delCleanup, old, e, 0)
+		}
+	}
+	m.log.Debug("held entry mirrored", "queue", e.Queue, "entry", e.FileName(), "epoch", epoch)
+	return nil
+}
+
+// Release implements fence.Local: it mirrors the held entry e, gives it
+// Mailman's owner and mode 0660 and renames it into its queue directory
+// (as <base>.pck, or <base>.psv for a preserved entry). The mirror knows
+// the file is mirrored and does not upload it again.
+func (m *Mirror) Release(ctx context.Context, e fence.Entry) error {
+	if err := validEntry(e); err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
+	m.mu.Lock()
+	if st := m.index[e]; st != nil && st.where != locHeld && st.where != locNone && st.durable != "" {
+		m.mu.Unlock()
+		return nil // released before (a resumed takeover): nothing to do
+	}
+	m.mu.Unlock()
+	if _, err := m.Mirror(ctx, e); err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.index[e]
+	if st == nil || st.where != locHeld {
+		return fmt.Errorf("release %s: %w", e, ErrNotHeld)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("release %s: %w", e, err)
+	}
+	qdir := m.queueDir(e.Queue)
+	if fi, err := m.fs.Lstat(qdir); err != nil || !fi.Mode.IsDir() {
+		if err := m.fs.MkdirAll(qdir, 0o770); err != nil {
+			return fmt.Errorf("release %s: create queue directory: %w", e, err)
+		}
+		if err := m.fs.Chown(qdir, m.cfg.UID, m.cfg.GID); err != nil {
+			return fmt.Errorf("release %s: chown queue directory: %w", e, err)
+		}
+	}
+	dst := filepath.Join(qdir, e.FileName())
+	others := []string{dst}
+	if e.Kind == fence.KindPck {
+		others = append(others, filepath.Join(qdir, e.Base+".bak"))
+	}
+	for _, p := range others {
+		if _, err := m.fs.Lstat(p); err == nil {
+			return fmt.Errorf("release %s: %s exists: %w", e, filepath.Base(p), fs.ErrExist)
+		}
+	}
+	src := m.holdPath(e)
+	if err := m.fs.Chown(src, m.cfg.UID, m.cfg.GID); err != nil {
+		return fmt.Errorf("release %s: chown: %w", e, err)
+	}
+	if err := m.fs.Chmod(src, fileMode); err != nil {
+		return fmt.Errorf("release %s: chmod: %w", e, err)
+	}
+	if err := m.fs.Rename(src, dst); err != nil {
+		return fmt.Errorf("release %s: %w", e, err)
+	}
+	if err := m.fs.SyncDir(qdir); err != nil {
+		m.log.Warn("fsync queue directory", "queue", e.Queue, "err", err)
+	}
+	if err := m.fs.SyncDir(filepath.Dir(src)); err != nil {
+		m.log.Warn("fsync hold directory", "queue", e.Queue, "err", err)
+	}
+	if fi, err := m.fs.Lstat(dst); err == nil {
+		st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()
+	}
+	l := locPck
+	if e.Kind == fence.KindPsv {
+		l = locPsv
+	}
+	m.setWhereLocked(st, l)
+	if q := m.queueLocked(e.Queue); !q.watched {
+		q.watched = true
+		select {
+		case m.scanWake <- e.Queue:
+		default:
+		}
+	}
+	m.log.Debug("entry released", "queue", e.Queue, "entry", e.FileName(), "epoch", st.durEpoch)
+	return nil
+}
+
+// Drop implements fence.Local: it deletes the held file of e and forgets
+// the entry, leaving its store copy for the peer that takes it over.
+func (m *Mirror) Drop(e fence.Entry) error {
+	if err := validEntry(e); err != nil {
+		return fmt.Errorf("drop: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	path := m.holdPath(e)
+	if err := m.fs.Remove(path); err != nil && !isNotExist(err) {
+		return fmt.Errorf("drop %s: %w", e, err)
+	}
+	if err := m.fs.SyncDir(filepath.Dir(path)); err != nil && !isNotExist(err) {
+		m.log.Warn("fsync hold directory", "queue", e.Queue, "err", err)
+	}
+	if st := m.index[e]; st != nil && st.where == locHeld {
+		m.cancelUploadLocked(st)
+		m.setWhereLocked(st, locNone)
+		delete(m.index, e)
+	}
+	m.log.Debug("held entry dropped", "queue", e.Queue, "entry", e.FileName())
+	return nil
+}
+
+// Has implements fence.Local: whether e is in its queue directory (.pck,
+// .bak or .psv) or in the hold area.
+func (m *Mirror) Has(e fence.Entry) bool {
+	if validEntry(e) != nil {
+		return false
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, _, err := m.locate(e)
+	return err == nil && l != locNone
+}
+
+// Counts implements fence.Local.
+func (m *Mirror) Counts() fence.Counts {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var c fence.Counts
+	for _, st := range m.index {
+		switch st.where {
+		case locPck:
+			c.Pck++
+		case locBak:
+			c.Bak++
+		case locHeld:
+			c.Held++
+		case locNone:
+			continue
+		}
+		if st.durable == "" {
+			c.Unmirrored++
+		}
+	}
+	return c
+}
