@@ -44,6 +44,10 @@ type ClusterConfig struct {
 	Runners   []string      // runners per node; nil = DefaultRunners
 	SleepTime time.Duration // runner sleep_time; 0 = 200ms
 	Extra     string        // appended to every node's mailman.cfg
+	// BeforeMailman, when set, runs after the list is set up and before
+	// any node's Mailman starts: the place to start each node's sidecar,
+	// which must be ready before its Mailman runs.
+	BeforeMailman func(ctx context.Context, c *Cluster) error
 }
 
 // Cluster is a running set of Mailman nodes with their shared database,
@@ -62,8 +66,9 @@ type Cluster struct {
 
 // ClusterTimings records how long set-up took.
 type ClusterTimings struct {
-	CreateList time.Duration // create + configure + subscribe through the CLI
-	StartNodes time.Duration // all nodes started in parallel until ready
+	CreateList    time.Duration // create + configure + subscribe through the CLI
+	BeforeMailman time.Duration // ClusterConfig.BeforeMailman (e.g. sidecars to ready)
+	StartNodes    time.Duration // all nodes started in parallel until ready
 }
 
 // Node is one Mailman node and, once the lead's tests start it, its
@@ -94,6 +99,13 @@ func StartCluster(ctx context.Context, t testing.TB, cfg ClusterConfig) *Cluster
 		t.Fatalf("set up list: %v", err)
 	}
 	c.Timings.CreateList = time.Since(t0)
+	if cfg.BeforeMailman != nil {
+		t0 = time.Now()
+		if err := cfg.BeforeMailman(ctx, c); err != nil {
+			t.Fatalf("before mailman: %v", err)
+		}
+		c.Timings.BeforeMailman = time.Since(t0)
+	}
 	t0 = time.Now()
 	if err := c.StartAll(ctx); err != nil {
 		t.Fatalf("start nodes: %v", err)

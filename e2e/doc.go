@@ -21,6 +21,18 @@
 //   - CLI: the mailman command as user list (create, addmembers, shell).
 //   - Process: any other child (a node's mmsidecar), optionally as list.
 //   - Cluster / Node: nodes + sink + one configured list; Node.Sidecar.
+//   - BuildSidecar / Sidecar: the real mmsidecar binary per node (run,
+//     status -json, drain; /readyz, /healthz, /metrics, /status), started
+//     through ClusterConfig.BeforeMailman so that each node's Mailman
+//     starts only once its sidecar is ready (the documented order).
+//   - Auditor: polls every queue directory during a test for files that
+//     break SPEC G4 (a name that crashes a runner; an entry that is not a
+//     regular list:list 0660 file). Report: the per-scenario table.
+//
+// TestSidecarCluster (sidecar_test.go) is issue 4's end-to-end proof:
+// steady state with bad neighbours, failover by SIGKILL with a backlog,
+// restart of the killed node, and drain, on one MinIO
+// (storetest.Shared). It writes its table to $MMSIDECAR_E2E_REPORT.
 //
 // Mailman 3.3.8 facts the harness relies on (checked here):
 //   - -C replaces /etc/mailman3/mailman.cfg; the paths section must set

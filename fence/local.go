@@ -38,12 +38,15 @@ type Counts struct {
 // no Mailman runner scans: fencing, draining and takeover park entries
 // there until the store has decided who owns them.
 type Local interface {
-	// Quarantine moves Mailman-visible .pck files into the hold area and
-	// returns the entries moved. With all false it moves only the entries
-	// the store may know as this node's (mirrored, or with an upload in
-	// flight); with all true it moves every valid .pck. Entries in flight
-	// (.bak) are never touched. Call it only with the gate closed or
-	// draining, so that no upload starts behind it.
+	// Quarantine moves entries out of the runners' reach into the hold
+	// area and returns the entries moved. With all false it moves only
+	// the .pck files the store may know as this node's (mirrored, or with
+	// an upload in flight), never a .bak: that is the fence, while
+	// Mailman runs. With all true it moves every entry, .pck, .bak (held
+	// as a .pck) and .psv: only at start-up, after the node was declared
+	// dead while it was down and before Mailman's runners start, when
+	// nothing can be in flight. Call it only with the gate closed, so
+	// that no upload starts behind it.
 	Quarantine(ctx context.Context, all bool) ([]Entry, error)
 	// Held lists the entries in the hold area.
 	Held() []Entry

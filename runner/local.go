@@ -38,13 +38,19 @@ func validEntry(e fence.Entry) error {
 	return nil
 }
 
-// holdLocked moves st's Mailman-visible .pck into the hold area. It
-// reports false, with no error, if the .pck is not there (a runner
-// renamed it to .bak first: in flight).
+// holdLocked moves st's Mailman-visible .pck (or .psv) into the hold
+// area. It reports false, with no error, if the file is not there (a
+// runner renamed it to .bak first: in flight).
 func (m *Mirror) holdLocked(st *entryState) (bool, error) {
+	return m.holdFileLocked(st, st.e.FileName())
+}
+
+// holdFileLocked moves the file name of st's queue directory into the
+// hold area as st's entry (a .bak is held as its .pck).
+func (m *Mirror) holdFileLocked(st *entryState, name string) (bool, error) {
 	e := st.e
 	qdir := m.queueDir(e.Queue)
-	src := filepath.Join(qdir, e.Base+".pck")
+	src := filepath.Join(qdir, name)
 	hdir := filepath.Join(m.holdDir, e.Queue)
 	if err := m.fs.MkdirAll(hdir, 0o750); err != nil {
 		return false, fmt.Errorf("hold %s: %w", e, err)
@@ -78,9 +84,13 @@ func (m *Mirror) holdLocked(st *entryState) (bool, error) {
 }
 
 // Quarantine implements fence.Local: it moves Mailman-visible .pck files
-// into the hold area, all of them or only those the store may know (a
-// durable copy, or an upload past the gate). A .pck that a runner renames
-// to .bak first is in flight and left alone; a .bak is never touched.
+// into the hold area, only those the store may know (a durable copy, or an
+// upload past the gate); a .pck that a runner renames to .bak first is in
+// flight and left alone. With all true — only at start-up, after the node
+// was declared dead while it was down and before Mailman's runners start,
+// so that nothing can be in flight — it moves every entry: .pck, .bak
+// (held as its .pck: Mailman's recovery would re-run it, but a peer may
+// have taken it over) and .psv.
 func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error) {
 	var moved []fence.Entry
 	var errs []error
@@ -97,10 +107,15 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 				return moved, fmt.Errorf("quarantine: %w", err)
 			}
 			base, ext, ok := fence.ParseFileName(name)
-			if !ok || ext != fence.ExtPck {
+			if !ok || ext != fence.ExtPck && !all {
 				continue
 			}
-			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindPck}
+			if ext == fence.ExtBak {
+				if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), base+".pck")); err == nil && fi.Regular() {
+					continue // both: Mailman's recovery is mid-way; the .pck is held
+				}
+			}
+			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindOfExt(ext)}
 			m.mu.Lock()
 			st := m.index[e]
 			known := st != nil && (st.durable != "" || st.up != nil && st.up.started)
@@ -108,7 +123,7 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 				if st == nil {
 					st = m.entryLocked(e)
 				}
-				ok, err := m.holdLocked(st)
+				ok, err := m.holdFileLocked(st, name)
 				switch {
 				case err != nil:
 					errs = append(errs, fmt.Errorf("quarantine: %w", err))

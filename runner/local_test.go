@@ -372,3 +372,37 @@ func TestCopiesBelowOwnFromAreReplaced(t *testing.T) {
 	h.watcher.injectOverflow()
 	h.waitKeys(h.key(1, x), h.key(2, x))
 }
+
+// TestQuarantineAllAtStart: a node declared dead while it was down holds
+// every entry before its runners start, .bak and .psv included, so that
+// Mailman's recovery cannot re-run what a peer took over.
+func TestQuarantineAllAtStart(t *testing.T) {
+	h := newHarness(t)
+	x, y := h.enqueue("in", "x"), h.enqueue("in", "y")
+	h.waitKeys(h.key(1, x), h.key(1, y))
+	if err := os.Rename(h.path(x, "pck"), h.path(x, "bak")); err != nil {
+		t.Fatal(err)
+	}
+	body := runnertest.Body("kept", 10)
+	p := fence.Entry{Queue: "bad", Base: runnertest.NewBase(time.Now(), body), Kind: fence.KindPsv}
+	if err := os.MkdirAll(filepath.Dir(h.path(p, "psv")), 0o770); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, h.path(p, "psv"), string(body))
+	h.setGate(fence.Gate{Epoch: 1, OwnFrom: 1})
+	moved, err := h.m.Quarantine(context.Background(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := entrySet(moved); len(got) != 3 || !got[x] || !got[y] || !got[p] {
+		t.Fatalf("moved %v, want x (from .bak), y and the .psv", moved)
+	}
+	for _, f := range []string{h.path(x, "bak"), h.path(y, "pck"), h.path(p, "psv")} {
+		if exists(f) {
+			t.Errorf("%s still in its queue directory", f)
+		}
+	}
+	if !exists(h.holdFile(x)) || !exists(h.holdFile(p)) {
+		t.Error("held files missing")
+	}
+}

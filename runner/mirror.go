@@ -101,6 +101,8 @@ type Mirror struct {
 	delWake   chan struct{}
 	scanWake  chan string // queue names that need a rescan
 	sweepWake chan struct{}
+	// rescanWake asks for a full rescan.
+	rescanWake chan struct{}
 }
 
 // New checks cfg, watches the queue directories and reads the hold area.
@@ -141,19 +143,20 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 	}
 	mr := &Mirror{
 		cfg: cfg, st: st, fs: fsys, clock: clock, gate: gate, met: m,
-		log:       log.With("node", cfg.Node),
-		rand:      cfg.Rand,
-		holdDir:   filepath.Join(cfg.StateDir, "hold"),
-		ignored:   newNameSet(4096),
-		index:     make(map[fence.Entry]*entryState),
-		queues:    make(map[string]*queueState),
-		ups:       newTracker(),
-		dels:      newTracker(),
-		progress:  make(chan struct{}),
-		upWake:    make(chan struct{}, 1),
-		delWake:   make(chan struct{}, 1),
-		scanWake:  make(chan string, 64),
-		sweepWake: make(chan struct{}, 1),
+		log:        log.With("node", cfg.Node),
+		rand:       cfg.Rand,
+		holdDir:    filepath.Join(cfg.StateDir, "hold"),
+		ignored:    newNameSet(4096),
+		index:      make(map[fence.Entry]*entryState),
+		queues:     make(map[string]*queueState),
+		ups:        newTracker(),
+		dels:       newTracker(),
+		progress:   make(chan struct{}),
+		upWake:     make(chan struct{}, 1),
+		delWake:    make(chan struct{}, 1),
+		scanWake:   make(chan string, 64),
+		sweepWake:  make(chan struct{}, 1),
+		rescanWake: make(chan struct{}, 1),
 	}
 	if err := fsys.MkdirAll(mr.holdDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create hold area: %w", err)
@@ -299,6 +302,15 @@ func (m *Mirror) Flush(ctx context.Context) error {
 	}
 }
 
+// Rescan asks Run for a full rescan of the queue directories now, e.g.
+// when a drain starts and every queued entry is to be held at once.
+func (m *Mirror) Rescan() {
+	select {
+	case m.rescanWake <- struct{}{}:
+	default:
+	}
+}
+
 // Run watches the queue directories and runs the upload and delete
 // workers until ctx ends. Uploads start after the first Reconcile.
 func (m *Mirror) Run(ctx context.Context) error {
@@ -331,6 +343,8 @@ func (m *Mirror) Run(ctx context.Context) error {
 			m.log.Info("new queue directory: rescanning", "queue", q)
 			m.watchQueues()
 			m.rescan("new_queue")
+		case <-m.rescanWake:
+			m.rescan("requested")
 		case <-rescanTick:
 			m.rescan("periodic")
 			rescanTick = m.clock.After(m.cfg.RescanInterval)

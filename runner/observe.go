@@ -151,7 +151,7 @@ func (m *Mirror) observeLocked(e fence.Entry, g fence.Gate, full bool) {
 		// every .pck the store may know as this node's (Mailman's .bak
 		// recovery can bring one back) is held until the node settles.
 		fenced := !g.Writable && g.Epoch > 0 && (st.durable != "" || st.up != nil && st.up.started)
-		if l == locPck && (g.Draining || fenced) {
+		if l == locPck && (g.Draining || fenced) || l == locPsv && g.Draining {
 			if _, err := m.holdLocked(st); err != nil {
 				m.log.Error("cannot hold entry while draining", "queue", e.Queue, "entry", e.FileName(), "err", err)
 			}

@@ -16,6 +16,9 @@ MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 CACHE_BIN="${HOME}/.cache/mmsidecar/bin"
 MINIO_BIN="${CACHE_BIN}/minio"
 LOG_FILE="${HOME}/.cache/mmsidecar/last-test.log"
+E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
+# The end-to-end test (./e2e, build tag e2e) writes its scenario table
+# here; the summary prints it (go test hides passing tests' output).
 # Debian packages the suites need: mailman3 for the real-Mailman tests,
 # the rest for TLS roots, process and socket inspection.
 DEB_PACKAGES=(mailman3 ca-certificates curl file iproute2 procps util-linux)
@@ -186,9 +189,11 @@ main() {
 	export MMSIDECAR_TEST_S3_SECRET_KEY="${MINIO_SECRET_KEY}"
 	export MMSIDECAR_E2E="${MMSIDECAR_E2E:-1}"
 	export MMSIDECAR_CHAOS="${MMSIDECAR_CHAOS:-1}"
+	export MMSIDECAR_E2E_REPORT="${E2E_REPORT}"
 
 	split_args "$@"
 	mkdir -p "$(dirname "${LOG_FILE}")"
+	rm -f "${E2E_REPORT}"
 	# Compile every test binary first, in parallel; then run the packages
 	# one at a time (-p 1): the real-MinIO, chaos and Mailman suites measure
 	# timing and must not compete with each other for two cores.
@@ -198,8 +203,8 @@ main() {
 	local test_started=$SECONDS test_rc=0 vet_rc=0
 	go test -race -tags e2e -p 1 -timeout 80m "${GO_TEST_ARGS[@]}" 2>&1 | tee "${LOG_FILE}" || test_rc=$?
 	local test_secs=$((SECONDS - test_started))
-	log "go vet ${PKG_ARGS[*]}"
-	go vet "${PKG_ARGS[@]}" 2>&1 | tee -a "${LOG_FILE}" || vet_rc=$?
+	log "go vet -tags e2e ${PKG_ARGS[*]}"
+	go vet -tags e2e "${PKG_ARGS[@]}" 2>&1 | tee -a "${LOG_FILE}" || vet_rc=$?
 
 	echo
 	echo "==================== mmsidecar test summary ===================="
@@ -211,6 +216,10 @@ main() {
 		grep -E '^[[:space:]]*--- FAIL' "${LOG_FILE}" | sed 's/^/  /'
 	fi
 	echo "MinIO:    ${MINIO_ENDPOINT} (${MINIO_VERSION}); E2E=${MMSIDECAR_E2E} CHAOS=${MMSIDECAR_CHAOS}"
+	if [[ -s "${E2E_REPORT}" ]]; then
+		echo "end-to-end scenarios (${E2E_REPORT}):"
+		sed 's/^/  /' "${E2E_REPORT}"
+	fi
 	echo "log:      ${LOG_FILE}"
 	echo "total:    $((SECONDS - started))s"
 	echo "================================================================"

@@ -39,6 +39,7 @@ func (d *daemon) routes() {
 			return
 		}
 		d.node.StartDrain(r.Context())
+		d.mirror.Rescan() // hold every queued entry now, not at the next rescan
 		writeHTTPJSON(w, http.StatusAccepted, replyOf(d.node.Drain()))
 	}))
 	d.http.Handle("GET /drain", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -106,9 +106,7 @@ func (l *Local) Visible() []fence.Entry {
 func (l *Local) Sync(ctx context.Context) error {
 	g := l.gate()
 	if g.Draining {
-		if _, err := l.Quarantine(ctx, true); err != nil {
-			return err
-		}
+		l.holdQueued()
 	}
 	l.mu.Lock()
 	var todo []fence.Entry
@@ -151,13 +149,26 @@ func (l *Local) Sync(ctx context.Context) error {
 	return nil
 }
 
+// holdQueued holds every queued entry (not those in flight), as the
+// runner does while draining.
+func (l *Local) holdQueued() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for e, f := range l.files {
+		if !f.bak {
+			l.held[e] = f.data
+			delete(l.files, e)
+		}
+	}
+}
+
 // Quarantine implements fence.Local.
 func (l *Local) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var moved []fence.Entry
 	for e, f := range l.files {
-		if f.bak || (!all && l.keys[e] == "") {
+		if !all && (f.bak || l.keys[e] == "") {
 			continue
 		}
 		l.held[e] = f.data
