@@ -46,16 +46,17 @@ func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Cond
 func (n *Node) settle(ctx context.Context) error {
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
-	var failed error
 	for _, e := range n.local.Held() {
 		err := retry(octx, n.clock, 2*time.Second, func() error { return n.settleOne(octx, e, epoch) })
-		if err != nil {
-			failed = err
-			n.log.Warn("settle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
+		if octx.Err() != nil {
+			return fmt.Errorf("settle: %w", octx.Err())
 		}
-	}
-	if failed != nil {
-		return fmt.Errorf("settle: %w", failed)
+		if err != nil {
+			// Left held, never lost: the next settle tries again, and an
+			// operator can see it (mmsidecar_held_entries, status).
+			n.m.settled.WithLabelValues("failed").Inc()
+			n.log.Error("settle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()

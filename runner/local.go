@@ -110,6 +110,9 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 			if !ok || ext != fence.ExtPck && !all {
 				continue
 			}
+			if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), name)); err != nil || !fi.Regular() {
+				continue // gone, or a symlink or directory: not an entry
+			}
 			if ext == fence.ExtBak {
 				if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), base+".pck")); err == nil && fi.Regular() {
 					continue // both: Mailman's recovery is mid-way; the .pck is held

@@ -56,7 +56,9 @@ func TestQuarantine(t *testing.T) {
 			}
 			want := map[fence.Entry]bool{m1: true, m2: true}
 			if all {
-				want[fresh] = true
+				// At start-up after a takeover nothing is in flight:
+				// the .bak is held too.
+				want[fresh], want[inflight] = true, true
 			}
 			got := entrySet(moved)
 			if len(got) != len(want) {
@@ -67,7 +69,7 @@ func TestQuarantine(t *testing.T) {
 					t.Errorf("%v: moved=%v pck=%v held=%v", e, got[e], exists(h.path(e, "pck")), exists(h.holdFile(e)))
 				}
 			}
-			if !exists(h.path(inflight, "bak")) {
+			if !all && !exists(h.path(inflight, "bak")) {
 				t.Error("the .bak was touched")
 			}
 			if !all && !exists(h.path(fresh, "pck")) {
@@ -77,7 +79,7 @@ func TestQuarantine(t *testing.T) {
 				t.Errorf("Held() = %v", h.m.Held())
 			}
 			c := h.m.Counts()
-			if c.Held != len(want) || c.Bak != 1 {
+			if bak := map[bool]int{false: 1, true: 0}[all]; c.Held != len(want) || c.Bak != bak {
 				t.Errorf("counts %+v", c)
 			}
 			// Copies stay in the store.
