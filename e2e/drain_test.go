@@ -118,6 +118,24 @@ func (s *suite) drain(ctx context.Context, t *testing.T) {
 	for _, n := range c.Nodes {
 		s.checkHealthy(ctx, t, n)
 	}
+	// b has delivered everything, but its runners may still be unlinking
+	// the last .bak files: wait until its queues are idle and mirrored,
+	// then the store must hold no live copy (the status read when the
+	// drain exited still showed b's work in flight).
+	pctx, pcancel := context.WithTimeout(ctx, 45*time.Second)
+	perr := pollUntil(pctx, 200*time.Millisecond, "b's queues idle", func() (bool, error) {
+		counts, err := b.Mailman.QueueCounts()
+		if err != nil {
+			return false, err
+		}
+		q := SumQueues(counts)
+		return q.Pck+q.Bak == 0, nil
+	})
+	pcancel()
+	if perr != nil {
+		t.Error(perr)
+	}
+	st = s.waitMirrored(ctx, t, []*Node{b})
 	requireNoLiveCopies(t, st)
 	state, _ := st.State("a")
 	exit := "0"

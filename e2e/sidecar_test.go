@@ -358,7 +358,7 @@ func (s *suite) restart(ctx context.Context, t *testing.T, fo failoverResult) {
 	row := RowOf("2b restart of a", len(fo.ids), tally)
 	row.Duplicated = extra
 	row.InFlight = len(oldBak)
-	row.Note = fmt.Sprintf("duplicated = deliveries after a's restart; a's sidecar held %v and dropped %v old entries; %d .bak left to Mailman's recovery",
+	row.Note = fmt.Sprintf("duplicated = deliveries after a's restart; a's sidecar held %v and dropped %v old entries, among them the %d .bak left by the kill",
 		met[`mmsidecar_quarantined_entries_total`], met[`mmsidecar_settled_entries_total{result="dropped"}`], len(oldBak))
 	s.report.Add(row)
 	s.checkAudit(t)
