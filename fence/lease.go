@@ -186,7 +186,12 @@ func (n *Node) Renew(ctx context.Context) error {
 		return err
 	default:
 		n.mu.Lock()
-		n.unresolved = true
+		// Unresolved only if it is the latest attempt and no lease write
+		// (a concurrent renewal, say from StartDrain) succeeded since the
+		// version it was based on: that one would have made it lose.
+		if n.attempt.Nonce == next.Nonce && n.leaseETag == etag {
+			n.unresolved = true
+		}
 		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("error").Inc()
 		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)

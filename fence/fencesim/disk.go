@@ -2,9 +2,9 @@ package fencesim
 
 import (
 	"context"
-	"errors"
-	"fmt"
+	"slices"
 	"sort"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
 	"github.com/mmsidecar/mmsidecar/store"
@@ -23,14 +23,18 @@ type disk struct {
 	node  *simNode
 	files map[fence.Entry]*file
 	held  map[fence.Entry][]byte
-	// keys: the entry's confirmed copy; maybe: a copy the store may hold
-	// (an upload in flight or one whose answer was lost).
+	// keys: the entry's confirmed copy; maybe: other copies the store may
+	// hold (uploads whose answer was lost); inflight: the key of a mirror
+	// upload on the wire.
 	keys     map[fence.Entry]string
-	maybe    map[fence.Entry]string
-	inflight map[fence.Entry]bool
+	maybe    map[fence.Entry][]string
+	inflight map[fence.Entry]string
 	// finished: finished locally while an upload was in flight.
 	finished map[fence.Entry]bool
-	gone     []string
+	// gone: copies to delete (finished entries, superseded copies).
+	gone []string
+	// since: when the entry last arrived in the queue directory.
+	since map[fence.Entry]time.Duration
 }
 
 type file struct {
@@ -49,10 +53,11 @@ func (d *disk) reset() {
 	d.files = make(map[fence.Entry]*file)
 	d.held = make(map[fence.Entry][]byte)
 	d.keys = make(map[fence.Entry]string)
-	d.maybe = make(map[fence.Entry]string)
-	d.inflight = make(map[fence.Entry]bool)
+	d.maybe = make(map[fence.Entry][]string)
+	d.inflight = make(map[fence.Entry]string)
 	d.finished = make(map[fence.Entry]bool)
 	d.gone = nil
+	d.since = make(map[fence.Entry]time.Duration)
 }
 
 func sortEntries(es []fence.Entry) {
@@ -75,16 +80,63 @@ func (d *disk) present(e fence.Entry) bool {
 	return f || h
 }
 
-func (d *disk) known(e fence.Entry) bool { return d.keys[e] != "" || d.maybe[e] != "" }
+// known reports whether the store may hold a copy of e in this node's
+// namespace.
+func (d *disk) known(e fence.Entry) bool {
+	return d.keys[e] != "" || len(d.maybe[e]) > 0 || d.inflight[e] != ""
+}
+
+// restart forgets what a dead sidecar process had in flight: its uploads
+// may or may not have landed.
+func (d *disk) restart() {
+	es := make([]fence.Entry, 0, len(d.inflight))
+	for e := range d.inflight {
+		es = append(es, e)
+	}
+	sortEntries(es)
+	for _, e := range es {
+		k := d.inflight[e]
+		switch {
+		case k == "?":
+		case d.finished[e] || !d.present(e):
+			d.gone = append(d.gone, k)
+		default:
+			d.maybe[e] = append(d.maybe[e], k)
+		}
+	}
+	d.inflight = make(map[fence.Entry]string)
+	d.finished = make(map[fence.Entry]bool)
+}
+
+// unconfirmed reports whether e still needs an upload: no confirmed copy
+// and none on the wire.
+func (d *disk) unconfirmed(e fence.Entry) bool { return d.keys[e] == "" && d.inflight[e] == "" }
+
+// forget queues every copy of e this node knows for deletion.
+func (d *disk) forget(e fence.Entry) {
+	if k := d.keys[e]; k != "" {
+		d.gone = append(d.gone, k)
+	}
+	d.gone = append(d.gone, d.maybe[e]...)
+	delete(d.keys, e)
+	delete(d.maybe, e)
+}
 
 // putFile adds or replaces e in the queue directory and tells the oracle.
 func (d *disk) putFile(e fence.Entry, f *file) {
 	was := d.present(e)
+	if _, ok := d.files[e]; !ok {
+		d.since[e] = d.node.w.now
+	}
 	d.files[e] = f
 	if !was {
 		d.or().onDisk(e, d.node.idx, true)
 	}
-	d.or().visible(e, d.node.idx, e.Kind == fence.KindPck && !f.bak)
+	visible := e.Kind == fence.KindPck && !f.bak
+	d.or().visible(e, d.node.idx, visible)
+	if visible {
+		d.node.wake(e.Queue)
+	}
 }
 
 func (d *disk) removeFile(e fence.Entry) {
@@ -92,6 +144,7 @@ func (d *disk) removeFile(e fence.Entry) {
 		return
 	}
 	delete(d.files, e)
+	delete(d.since, e)
 	d.or().visible(e, d.node.idx, false)
 	if !d.present(e) {
 		d.or().onDisk(e, d.node.idx, false)
@@ -116,12 +169,15 @@ func (d *disk) unhold(e fence.Entry) {
 	}
 }
 
-// quarantine moves Mailman-visible .pck files (all, or the known ones)
-// into the hold area.
-func (d *disk) quarantine(all bool) []fence.Entry {
+// quarantine moves entries into the hold area: the known .pck files (the
+// fence), every .pck (a drain), or every entry, .bak (held as .pck) and
+// .psv included (start-up after the node was taken over while down).
+func (d *disk) quarantine(all, everything bool) []fence.Entry {
 	var moved []fence.Entry
 	for e, f := range d.files {
-		if e.Kind != fence.KindPck || f.bak || (!all && !d.known(e)) {
+		switch {
+		case everything:
+		case e.Kind != fence.KindPck || f.bak || !all && !d.known(e):
 			continue
 		}
 		moved = append(moved, e)
@@ -177,18 +233,10 @@ func (d *disk) finish(e fence.Entry) {
 	}
 	d.or().finished(e, d.node.idx)
 	d.removeFile(e)
-	if k := d.keys[e]; k != "" {
-		d.gone = append(d.gone, k)
+	d.forget(e)
+	if d.inflight[e] != "" {
+		d.finished[e] = true
 	}
-	if k := d.maybe[e]; k != "" {
-		if d.inflight[e] {
-			d.finished[e] = true
-		} else {
-			d.gone = append(d.gone, k)
-		}
-	}
-	delete(d.keys, e)
-	delete(d.maybe, e)
 }
 
 // recover is Mailman's runner start: every .bak back to .pck with its
@@ -207,6 +255,7 @@ func (d *disk) recover() {
 		if f.bakCount < 3 {
 			f.bak = false
 			d.or().visible(e, d.node.idx, true)
+			d.node.wake(e.Queue)
 			d.node.w.traceEntry(d.node.idx, evRunner, "recovered .bak as .pck", e)
 			continue
 		}
@@ -214,11 +263,7 @@ func (d *disk) recover() {
 		d.or().preserved(e, psv, d.node.idx)
 		d.putFile(psv, &file{data: f.data})
 		d.removeFile(e)
-		if k := d.keys[e]; k != "" {
-			d.gone = append(d.gone, k)
-		}
-		delete(d.keys, e)
-		delete(d.maybe, e)
+		d.forget(e)
 		d.node.w.traceEntry(d.node.idx, evRunner, "recovery preserved", psv)
 	}
 }
@@ -248,6 +293,19 @@ func (d *disk) wipe() {
 	}
 }
 
+// syncDue reports whether a mirror pass has anything to do.
+func (d *disk) syncDue(g fence.Gate) bool {
+	if len(d.gone) > 0 {
+		return true
+	}
+	for e, f := range d.files {
+		if g.Writable && d.unconfirmed(e) || g.Draining && e.Kind == fence.KindPck && !f.bak {
+			return true
+		}
+	}
+	return false
+}
+
 // sync is one pass of the mirror: hold everything while draining, delete
 // copies of finished entries, upload what is not mirrored yet. Each
 // upload is marked in flight before the gate is read, so a fence that
@@ -255,7 +313,7 @@ func (d *disk) wipe() {
 func (d *disk) sync(ctx context.Context, inc *incarnation) {
 	g := inc.n.Gate()
 	if g.Draining {
-		d.quarantine(true)
+		d.quarantine(true, false)
 	}
 	st := inc.st
 	for len(d.gone) > 0 {
@@ -269,202 +327,45 @@ func (d *disk) sync(ctx context.Context, inc *incarnation) {
 	}
 	var todo []fence.Entry
 	for e := range d.files {
-		if !d.known(e) {
+		if d.unconfirmed(e) {
 			todo = append(todo, e)
 		}
 	}
 	sortEntries(todo)
 	for _, e := range todo {
 		f := d.files[e]
-		if f == nil || d.known(e) {
+		if f == nil || !d.unconfirmed(e) {
 			continue
 		}
-		d.inflight[e] = true
+		// Marked in flight before the gate is read: a fence from here on
+		// quarantines the entry.
+		d.inflight[e] = "?"
 		g := inc.n.Gate()
 		if !g.Writable {
 			delete(d.inflight, e)
 			return
 		}
 		key := d.node.w.layout.MirrorKey(d.node.id, g.Epoch, e)
-		d.maybe[e] = key
+		d.inflight[e] = key
 		_, err := store.PutBytes(ctx, st, key, f.data, store.Condition{})
 		delete(d.inflight, e)
-		if err != nil {
-			if d.finished[e] {
-				delete(d.finished, e)
-				d.gone = append(d.gone, key)
-			}
-			return
-		}
-		if d.maybe[e] == key {
-			delete(d.maybe, e)
-		}
 		switch {
-		case d.present(e):
-			if d.keys[e] == "" {
-				d.keys[e] = key
-			}
 		case d.finished[e]:
 			delete(d.finished, e)
 			d.gone = append(d.gone, key)
-		}
-	}
-}
-
-// localView is one sidecar incarnation's fence.Local over the disk.
-type localView struct {
-	d   *disk
-	inc *incarnation
-}
-
-var _ fence.Local = (*localView)(nil)
-
-var errGateClosed = &store.OpError{Op: "put", Kind: store.KindTransient, Code: "fenced", Err: errors.New("gate closed")}
-
-// Quarantine implements fence.Local. With all false it is the fence:
-// owner contexts born before it count as cancelled from now on.
-func (v *localView) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error) {
-	v.inc.enter(ctx)
-	if !all {
-		v.inc.fenceGen++
-		v.inc.w.stats.Fences++
-		v.inc.w.tracef(v.d.node.idx, evNote, "fence: quarantine known .pck files")
-	}
-	return v.d.quarantine(all), nil
-}
-
-// Held implements fence.Local.
-func (v *localView) Held() []fence.Entry {
-	v.inc.enter(nil)
-	out := make([]fence.Entry, 0, len(v.d.held))
-	for e := range v.d.held {
-		out = append(out, e)
-	}
-	sortEntries(out)
-	return out
-}
-
-// Stage implements fence.Local.
-func (v *localView) Stage(e fence.Entry, data []byte) error {
-	v.inc.enter(nil)
-	d := v.d
-	if d.present(e) {
-		return nil
-	}
-	d.or().staged(e, d.node.idx)
-	d.hold(e, append([]byte(nil), data...))
-	d.node.w.traceEntry(d.node.idx, evDisk, "stage", e)
-	return nil
-}
-
-// Mirror implements fence.Local. It runs each request in one step (it is
-// called under the fence's release lock).
-func (v *localView) Mirror(ctx context.Context, e fence.Entry) (string, error) {
-	if v.inc.enter(ctx) {
-		return "", opErr("put", e.String(), store.KindTransient, "canceled")
-	}
-	return v.mirror(ctx, e)
-}
-
-func (v *localView) mirror(ctx context.Context, e fence.Entry) (string, error) {
-	d := v.d
-	g := v.inc.n.Gate()
-	if !g.Writable {
-		return "", errGateClosed
-	}
-	data, isHeld := d.held[e]
-	if f, ok := d.files[e]; ok && !isHeld {
-		data = f.data
-	} else if !isHeld {
-		return "", fmt.Errorf("mirror %s: not on disk", e)
-	}
-	old := d.keys[e]
-	if old != "" {
-		if r, ok := d.node.w.layout.ParseMirrorKey(old); ok && r.Epoch >= g.OwnFrom {
-			return old, nil
-		}
-	}
-	key := d.node.w.layout.MirrorKey(d.node.id, g.Epoch, e)
-	stale := d.maybe[e] // an earlier upload whose answer was lost
-	if d.inflight[e] {
-		stale = ""
-	}
-	d.maybe[e] = key
-	if _, err := store.PutBytes(ctx, v.inc.stNoYield, key, data, store.Condition{}); err != nil {
-		return "", err
-	}
-	delete(d.maybe, e)
-	d.keys[e] = key
-	for _, k := range []string{old, stale} {
-		if k != "" && k != key {
-			if err := v.inc.stNoYield.Delete(ctx, k); err != nil {
-				return "", err
+		case !d.present(e):
+			// Dropped meanwhile: the copy is the new owner's business.
+		case err != nil:
+			if !slices.Contains(d.maybe[e], key) {
+				d.maybe[e] = append(d.maybe[e], key)
 			}
+		case d.keys[e] == "":
+			d.keys[e] = key
+		case d.keys[e] != key:
+			d.gone = append(d.gone, key) // superseded by a newer copy
+		}
+		if err != nil {
+			return
 		}
 	}
-	return key, nil
-}
-
-// Release implements fence.Local.
-func (v *localView) Release(ctx context.Context, e fence.Entry) error {
-	if v.inc.enter(ctx) {
-		return opErr("release", e.String(), store.KindTransient, "canceled")
-	}
-	d := v.d
-	_, visible := d.files[e]
-	data, isHeld := d.held[e]
-	if visible && !isHeld {
-		return nil
-	}
-	if !isHeld {
-		return fmt.Errorf("release %s: not held", e)
-	}
-	if _, err := v.mirror(ctx, e); err != nil {
-		return err
-	}
-	if v.inc.cancelled(ctx) {
-		return opErr("release", e.String(), store.KindTransient, "canceled")
-	}
-	d.or().released(e, d.node.idx)
-	d.putFile(e, &file{data: data})
-	d.unhold(e)
-	d.node.w.traceEntry(d.node.idx, evDisk, "release", e)
-	return nil
-}
-
-// Drop implements fence.Local.
-func (v *localView) Drop(e fence.Entry) error {
-	v.inc.enter(nil)
-	d := v.d
-	if _, ok := d.held[e]; ok {
-		d.node.w.traceEntry(d.node.idx, evDisk, "drop", e)
-	}
-	d.unhold(e)
-	delete(d.keys, e)
-	delete(d.maybe, e)
-	return nil
-}
-
-// Has implements fence.Local.
-func (v *localView) Has(e fence.Entry) bool {
-	v.inc.enter(nil)
-	return v.d.present(e)
-}
-
-// Counts implements fence.Local.
-func (v *localView) Counts() fence.Counts {
-	v.inc.enter(nil)
-	var c fence.Counts
-	for e, f := range v.d.files {
-		if f.bak {
-			c.Bak++
-		} else if e.Kind == fence.KindPck {
-			c.Pck++
-		}
-		if !v.d.known(e) {
-			c.Unmirrored++
-		}
-	}
-	c.Held = len(v.d.held)
-	return c
 }

@@ -33,6 +33,10 @@ type simNode struct {
 	mailmanUp bool
 	mmGen     int
 	busy      [3]bool
+	// waiting: the runner found its queue empty and sleeps until a file
+	// shows up (then it notices it within one sleep_time, as a polling
+	// runner does).
+	waiting [3]bool
 
 	pauseAll     time.Duration // whole node paused until
 	pauseSidecar time.Duration // sidecar alone paused until
@@ -60,16 +64,14 @@ type incarnation struct {
 	fenceGen  uint64
 	started   bool
 	startErr  error
+	// watchFn and watchEvery: the watchdog's event, allocated once.
+	watchFn    func()
+	watchEvery time.Duration
 }
 
+// at schedules fn for the node: it waits out pauses of its class.
 func (sn *simNode) at(t time.Duration, class int, fn func()) {
-	sn.w.at(t, func() {
-		if until := sn.pausedUntil(class); until > sn.w.now {
-			sn.at(until, class, fn)
-			return
-		}
-		fn()
-	})
+	sn.w.push(&event{at: t, fn: fn, node: sn, class: class})
 }
 
 func (sn *simNode) pausedUntil(class int) time.Duration {
@@ -94,6 +96,7 @@ func (sn *simNode) startSidecar(fresh, withMailman bool) {
 		return
 	}
 	sn.incs++
+	sn.disk.restart()
 	inc := &incarnation{w: w, node: sn, no: sn.incs}
 	inc.st = &storeView{s: w.st, inc: inc}
 	inc.stNoYield = &storeView{s: w.st, inc: inc, noYield: true}
@@ -153,7 +156,11 @@ func (inc *incarnation) loopWatchdog() {
 		return
 	}
 	inc.n.CheckFence(context.Background())
-	inc.node.at(inc.w.now+inc.node.clock.simDur(inc.w.sc.watchdog), classSidecar, inc.loopWatchdog)
+	if inc.watchFn == nil {
+		inc.watchFn = inc.loopWatchdog
+		inc.watchEvery = inc.node.clock.simDur(inc.w.sc.watchdog)
+	}
+	inc.node.at(inc.w.now+inc.watchEvery, classSidecar, inc.watchFn)
 }
 
 func (inc *incarnation) loopScan() {
@@ -192,6 +199,10 @@ func (inc *incarnation) loopSync() {
 	if inc.dead {
 		return
 	}
+	if !inc.node.disk.syncDue(inc.n.Gate()) {
+		inc.node.at(inc.w.now+inc.node.every(inc.w.sc.syncEvery), classSidecar, inc.loopSync)
+		return
+	}
 	inc.spawn("sync", func(ctx context.Context) { inc.node.disk.sync(ctx, inc) }, func() {
 		inc.node.at(inc.w.now+inc.node.every(inc.w.sc.syncEvery), classSidecar, inc.loopSync)
 	})
@@ -208,6 +219,7 @@ func (sn *simNode) startMailman() {
 	sn.mailmanUp = true
 	sn.mmGen++
 	sn.busy = [3]bool{}
+	sn.waiting = [3]bool{}
 	sn.w.tracef(sn.idx, evFault, "mailman starts")
 	sn.w.or.mailman(sn.idx, true)
 	gen := sn.mmGen
@@ -233,7 +245,7 @@ func (sn *simNode) poll(q, gen int) {
 	}
 	e, ok := sn.disk.oldest(queues[q])
 	if !ok {
-		sn.at(w.now+sn.clock.simDur(w.sc.runnerSleep), classRunner, func() { sn.poll(q, gen) })
+		sn.waiting[q] = true
 		return
 	}
 	sn.disk.dequeue(e)
@@ -247,6 +259,20 @@ func (sn *simNode) poll(q, gen int) {
 	sn.at(w.now+sn.clock.simDur(d), classRunner, func() { sn.complete(q, gen, e) })
 }
 
+// wake tells queue's runner that a .pck appeared: it sees it at its next
+// listing, within one sleep_time.
+func (sn *simNode) wake(queue string) {
+	for q, name := range queues {
+		if name != queue || !sn.mailmanUp || !sn.waiting[q] {
+			continue
+		}
+		sn.waiting[q] = false
+		gen := sn.mmGen
+		d := time.Duration(sn.w.rng.Int64N(int64(sn.w.sc.runnerSleep)))
+		sn.at(sn.w.now+sn.clock.simDur(d), classRunner, func() { sn.poll(q, gen) })
+	}
+}
+
 // complete finishes e: its successor goes into the next queue first.
 func (sn *simNode) complete(q, gen int, e fence.Entry) {
 	w := sn.w
@@ -254,12 +280,17 @@ func (sn *simNode) complete(q, gen int, e fence.Entry) {
 		return
 	}
 	sn.busy[q] = false
+	if q+1 < len(queues) {
+		w.newEntry(sn, queues[q+1])
+	}
 	if f := sn.disk.files[e]; f != nil && f.bak {
-		if q+1 < len(queues) {
-			w.newEntry(sn, queues[q+1])
-		}
 		sn.disk.finish(e)
 		w.traceEntry(sn.idx, evRunner, "finish", e)
+	} else {
+		// Someone moved the .bak away while the runner had it: the work
+		// is done, the unlink fails, the moved file will run again.
+		w.or.finished(e, sn.idx)
+		w.traceEntry(sn.idx, evRunner, "finish (its .bak was moved away)", e)
 	}
 	sn.poll(q, gen)
 }
@@ -306,6 +337,9 @@ func (sn *simNode) drained() {
 	w.stats.Drains++
 	w.tracef(sn.idx, evFault, "drain done")
 	if sn.inc != nil {
+		// The operator stops the sidecar: Stop fences it (nothing is left
+		// to quarantine after a finished drain), then the process ends.
+		sn.inc.n.Stop(context.Background())
 		sn.inc.kill()
 		sn.inc = nil
 	}

@@ -220,6 +220,11 @@ func (o *oracle) staged(e fence.Entry, node int) {
 // released is the fence code making e visible on node (G6).
 func (o *oracle) released(e fence.Entry, node int) {
 	es := o.get(e)
+	if e.Kind == fence.KindPsv {
+		o.w.stats.Preserved++
+	} else if es.transfers > 0 {
+		o.w.stats.MaxTransfers = max(o.w.stats.MaxTransfers, es.transfers)
+	}
 	if e.Kind == fence.KindPck && es.transfers > o.w.sc.maxTransfers {
 		o.w.violate("G6", []fence.Entry{e}, "%s restored as .pck on %s after %d transfers (max %d)",
 			o.name(e), o.w.nodes[node].id, es.transfers, o.w.sc.maxTransfers)

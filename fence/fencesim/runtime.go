@@ -19,6 +19,9 @@ type event struct {
 	at  time.Duration
 	seq uint64
 	fn  func()
+	// node and class, when set, make the event wait out the node's pauses.
+	node  *simNode
+	class int
 }
 
 type eventQueue []*event
@@ -42,21 +45,26 @@ func (q *eventQueue) Pop() any {
 }
 
 // at schedules fn at sim time t (never in the past).
-func (w *world) at(t time.Duration, fn func()) {
-	if t < w.now {
-		t = w.now
+func (w *world) at(t time.Duration, fn func()) { w.push(&event{at: t, fn: fn}) }
+
+func (w *world) push(ev *event) {
+	if ev.at < w.now {
+		ev.at = w.now
 	}
 	w.seq++
-	heap.Push(&w.q, &event{at: t, seq: w.seq, fn: fn})
+	ev.seq = w.seq
+	heap.Push(&w.q, ev)
 }
 
 // task is one step of a node's loop (Renew, Scan+Takeover+..., Sync,
-// Start), run by the real fence code in its own goroutine.
+// Start), run by the real fence code on a worker goroutine.
 type task struct {
 	w       *world
 	inc     *incarnation
 	name    string
+	fn      func(context.Context)
 	ctx     context.Context
+	wk      *worker
 	resume  chan bool // scheduler → task: false resumes, true kills
 	report  chan report
 	then    func()
@@ -69,36 +77,61 @@ type task struct {
 
 type report struct {
 	done  bool
+	alive bool // the worker goroutine survived the task
 	until time.Duration
+}
+
+// worker is a goroutine that runs tasks one after another, so that the
+// fence code's deep stacks are grown once, not once per step.
+type worker struct {
+	jobs chan *task
+}
+
+func (wk *worker) loop() {
+	for t := range wk.jobs {
+		t.run()
+	}
+}
+
+func (t *task) run() {
+	ok := false
+	defer func() { t.report <- report{done: true, alive: ok} }()
+	t.fn(t.ctx)
+	ok = true
 }
 
 // spawn starts fn as a task of inc and runs it until it first yields;
 // then runs on the scheduler when the task ends.
 func (inc *incarnation) spawn(name string, fn func(ctx context.Context), then func()) {
 	w := inc.w
-	t := &task{w: w, inc: inc, name: name, ctx: context.Background(),
+	t := &task{w: w, inc: inc, name: name, fn: fn, ctx: context.Background(),
 		resume: make(chan bool), report: make(chan report), then: then}
 	inc.tasks = append(inc.tasks, t)
-	go t.main(fn)
-	w.runTask(t)
-}
-
-func (t *task) main(fn func(context.Context)) {
-	defer func() { t.report <- report{done: true} }()
-	if <-t.resume {
-		runtime.Goexit()
+	if n := len(w.idle); n > 0 {
+		t.wk = w.idle[n-1]
+		w.idle = w.idle[:n-1]
+	} else {
+		t.wk = &worker{jobs: make(chan *task)}
+		go t.wk.loop()
 	}
-	fn(t.ctx)
+	w.cur = t
+	t.wk.jobs <- t
+	w.await(t)
 }
 
-// runTask hands the baton to t and waits until it yields or ends.
+// runTask hands the baton back to a suspended t.
 func (w *world) runTask(t *task) {
 	w.cur = t
 	t.resume <- false
+	w.await(t)
+}
+
+// await waits until the running task t yields or ends.
+func (w *world) await(t *task) {
 	r := <-t.report
 	w.cur = nil
 	if r.done {
-		t.finish()
+		t.finish(r.alive)
 		if t.then != nil && !t.inc.dead {
 			t.then()
 		}
@@ -112,9 +145,12 @@ func (w *world) runTask(t *task) {
 	})
 }
 
-func (t *task) finish() {
+func (t *task) finish(alive bool) {
 	t.finished = true
 	t.owners = nil
+	if alive {
+		t.w.idle = append(t.w.idle, t.wk)
+	}
 	tasks := t.inc.tasks[:0]
 	for _, o := range t.inc.tasks {
 		if o != t {
@@ -223,14 +259,12 @@ func (inc *incarnation) kill() {
 		t := inc.tasks[0]
 		w.cur = t
 		t.resume <- true
-		for r := range t.report {
-			if r.done {
-				break
-			}
+		r := <-t.report
+		if !r.done {
 			panic("fencesim: killed task yielded")
 		}
 		w.cur = nil
-		t.finish()
+		t.finish(r.alive)
 	}
 }
 

@@ -93,30 +93,30 @@ func (s *simStore) prefixRange(prefix string) []string {
 func (s *simStore) checkWrite(node, key string, data []byte, cond store.Condition) {
 	w := s.w
 	if e, ok := w.layout.ParseClaimKey(key); ok {
-		c, err := fence.DecodeClaim(data)
+		c, err := parseClaim(data)
 		if err != nil {
 			w.violate("G3", nil, "%s wrote an undecodable claim %s: %v", node, w.or.name(e), err)
 			return
 		}
 		if cond.IsZero() {
-			w.violate("G3", []fence.Entry{e}, "%s wrote claim of %s unconditionally (owner %s token %d)", node, w.or.name(e), c.Owner, c.Token)
+			w.violate("G3", []fence.Entry{e}, "%s wrote claim of %s unconditionally (owner %s token %d)", node, w.or.name(e), c.owner, c.token)
 		}
-		if last := s.claimTok[key]; c.Token <= last {
-			w.violate("G3", []fence.Entry{e}, "%s wrote claim of %s with token %d, not above %d (owner %s)", node, w.or.name(e), c.Token, last, c.Owner)
+		if last := s.claimTok[key]; c.token <= last {
+			w.violate("G3", []fence.Entry{e}, "%s wrote claim of %s with token %d, not above %d (owner %s)", node, w.or.name(e), c.token, last, c.owner)
 		}
-		s.claimTok[key] = c.Token
+		s.claimTok[key] = c.token
 		prev, seen := s.claimOwner[key]
 		if !seen {
-			prev = c.From
+			prev = c.from
 		}
-		if c.Owner != prev && !c.Handoff {
+		if c.owner != prev && !c.handoff {
 			w.or.transfer(e)
 		}
-		s.claimOwner[key] = c.Owner
+		s.claimOwner[key] = c.owner
 		return
 	}
 	if n, ok := w.layout.ParseLeaseKey(key); ok {
-		l, err := fence.DecodeLease(data)
+		epoch, seq, err := parseLease(data)
 		if err != nil {
 			w.violate("G3", nil, "%s wrote an undecodable lease of %s: %v", node, n, err)
 			return
@@ -124,11 +124,11 @@ func (s *simStore) checkWrite(node, key string, data []byte, cond store.Conditio
 		if cond.IsZero() {
 			w.violate("G3", nil, "%s wrote the lease of %s unconditionally", node, n)
 		}
-		last := s.leaseVer[key]
-		if l.Epoch < last[0] || l.Epoch == last[0] && l.Seq <= last[1] && (last != [2]uint64{}) {
-			w.violate("G3", nil, "%s wrote lease of %s at epoch %d seq %d, not above epoch %d seq %d", node, n, l.Epoch, l.Seq, last[0], last[1])
+		last, seen := s.leaseVer[key]
+		if seen && (epoch < last[0] || epoch == last[0] && seq <= last[1]) {
+			w.violate("G3", nil, "%s wrote lease of %s at epoch %d seq %d, not above epoch %d seq %d", node, n, epoch, seq, last[0], last[1])
 		}
-		s.leaseVer[key] = [2]uint64{l.Epoch, l.Seq}
+		s.leaseVer[key] = [2]uint64{epoch, seq}
 	}
 }
 
@@ -187,12 +187,13 @@ func (v *storeView) call(ctx context.Context, op, key string, write bool, apply 
 		w.traceOp(node.idx, op, key, "unreachable")
 		return opErr(op, key, store.KindTransient, "unreachable")
 	}
-	if w.rng.Float64() < sc.transientP {
+	calm := w.now >= sc.quietAt+sc.ttl // liveness is owed once the store is healthy
+	if !calm && w.rng.Float64() < sc.transientP {
 		w.traceOp(node.idx, op, key, "503 SlowDown")
 		return opErr(op, key, store.KindTransient, "SlowDown")
 	}
 	committed, err := apply()
-	if committed && write && w.rng.Float64() < sc.lostP {
+	if committed && write && !calm && w.rng.Float64() < sc.lostP {
 		w.stats.LostAnswers++
 		w.traceOp(node.idx, op, key, "committed, answer lost")
 		w.sleep(lat())

@@ -2,8 +2,9 @@ package fencesim
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
-	"hash/fnv"
+	"hash/maphash"
 	"log/slog"
 	"strings"
 	"sync"
@@ -37,10 +38,9 @@ type tev struct {
 	key   string
 	res   string
 	data  []byte
-	cond  store.Condition
+	cond  uint8 // 0 unconditional, 1 if-absent, 2 if-match
 	entry fence.Entry
 	rec   *slog.Record
-	attrs []slog.Attr
 }
 
 type tracer struct {
@@ -49,46 +49,59 @@ type tracer struct {
 	hash uint64
 }
 
-var ringPool = sync.Pool{New: func() any { return make([]tev, ringSize) }}
+// Rings are big; they are kept on a free list that the garbage collector
+// does not empty (a sync.Pool would, and reallocating them is costly
+// under the race detector).
+var rings struct {
+	mu   sync.Mutex
+	free [][]tev
+}
 
-const ringSize = 1 << 16
+const ringSize = 1 << 14
 
 func newTracer() *tracer {
-	return &tracer{ring: ringPool.Get().([]tev), hash: 14695981039346656037}
+	rings.mu.Lock()
+	defer rings.mu.Unlock()
+	var r []tev
+	if n := len(rings.free); n > 0 {
+		r, rings.free = rings.free[n-1], rings.free[:n-1]
+	} else {
+		r = make([]tev, ringSize)
+	}
+	return &tracer{ring: r}
 }
 
 // release returns the ring for reuse.
 func (t *tracer) release() {
-	clear(t.ring)
-	ringPool.Put(t.ring)
+	rings.mu.Lock()
+	rings.free = append(rings.free, t.ring)
+	rings.mu.Unlock()
 	t.ring = nil
 }
 
 func (t *tracer) add(ev tev) {
 	t.ring[t.n%len(t.ring)] = ev
 	t.n++
-	h := t.hash
-	mix := func(s string) {
-		for i := 0; i < len(s); i++ {
-			h ^= uint64(s[i])
-			h *= 1099511628211
-		}
-		h ^= 0xff
-		h *= 1099511628211
-	}
-	h ^= uint64(ev.at)
-	h *= 1099511628211
-	h ^= uint64(ev.node)<<8 | uint64(ev.kind)
-	h *= 1099511628211
-	mix(ev.op)
-	mix(ev.key)
-	mix(ev.res)
-	mix(ev.entry.Base)
+	var h maphash.Hash
+	h.SetSeed(digestSeed)
+	var num [17]byte
+	binary.LittleEndian.PutUint64(num[:8], uint64(ev.at))
+	binary.LittleEndian.PutUint64(num[8:16], uint64(t.hash))
+	num[16] = byte(ev.node)<<4 | byte(ev.kind)
+	h.Write(num[:])
+	h.WriteString(ev.op)
+	h.WriteString(ev.key)
+	h.WriteString(ev.res)
+	h.WriteString(ev.entry.Base)
 	if ev.rec != nil {
-		mix(ev.rec.Message)
+		h.WriteString(ev.rec.Message)
 	}
-	t.hash = h
+	t.hash = h.Sum64()
 }
+
+// digestSeed makes digests comparable within one process (replays in
+// the same test), which is what they are for.
+var digestSeed = maphash.MakeSeed()
 
 // last returns up to n most recent events, oldest first.
 func (t *tracer) last(n int) []tev {
@@ -110,7 +123,29 @@ func (w *world) traceOp(node int, op, key, res string) {
 }
 
 func (w *world) traceWrite(node int, key string, data []byte, cond store.Condition, res string) {
-	w.tr.add(tev{at: w.now, node: node, kind: evWrite, op: "put", key: key, data: data, cond: cond, res: res})
+	c := uint8(0)
+	switch {
+	case cond.IfAbsent:
+		c = 1
+	case cond.IfMatch != "":
+		c = 2
+	}
+	w.tr.add(tev{at: w.now, node: node, kind: evWrite, op: "put", key: key, data: data, cond: c, res: res})
+}
+
+// attrs returns a log event's attributes, without the node.
+func (ev tev) attrs() []slog.Attr {
+	var out []slog.Attr
+	if ev.rec == nil {
+		return nil
+	}
+	ev.rec.Attrs(func(a slog.Attr) bool {
+		if a.Key != "node" {
+			out = append(out, a)
+		}
+		return true
+	})
+	return out
 }
 
 func (w *world) traceEntry(node int, kind evKind, op string, e fence.Entry) {
@@ -129,7 +164,7 @@ func (w *world) mentions(ev tev, e fence.Entry) bool {
 	if ev.key != "" && strings.Contains(ev.key, e.Base) {
 		return true
 	}
-	for _, a := range ev.attrs {
+	for _, a := range ev.attrs() {
 		if strings.Contains(a.Value.String(), e.Base) {
 			return true
 		}
@@ -148,13 +183,7 @@ func (w *world) format(ev tev) string {
 	case evStore:
 		fmt.Fprintf(&b, "store %s %s → %s", ev.op, w.shortKey(ev.key), ev.res)
 	case evWrite:
-		cond := "unconditional"
-		switch {
-		case ev.cond.IfAbsent:
-			cond = "if-absent"
-		case ev.cond.IfMatch != "":
-			cond = "if-match"
-		}
+		cond := []string{"unconditional", "if-absent", "if-match"}[ev.cond]
 		fmt.Fprintf(&b, "store put %s %s → %s  %s", w.shortKey(ev.key), cond, ev.res, w.describe(ev.key, ev.data))
 	case evDisk:
 		fmt.Fprintf(&b, "disk %s %s", ev.op, w.or.name(ev.entry))
@@ -162,7 +191,7 @@ func (w *world) format(ev tev) string {
 		fmt.Fprintf(&b, "mailman %s %s", ev.op, w.or.name(ev.entry))
 	case evLog:
 		fmt.Fprintf(&b, "log %q", ev.rec.Message)
-		for _, a := range ev.attrs {
+		for _, a := range ev.attrs() {
 			fmt.Fprintf(&b, " %s=%s", a.Key, w.shortValue(a.Value.String()))
 		}
 	default:
@@ -230,14 +259,7 @@ func (h *logHandler) Enabled(_ context.Context, l slog.Level) bool { return l >=
 
 func (h *logHandler) Handle(_ context.Context, r slog.Record) error {
 	rec := r.Clone()
-	var attrs []slog.Attr
-	r.Attrs(func(a slog.Attr) bool {
-		if a.Key != "node" {
-			attrs = append(attrs, a)
-		}
-		return true
-	})
-	h.w.tr.add(tev{at: h.w.now, node: h.node, kind: evLog, rec: &rec, attrs: attrs})
+	h.w.tr.add(tev{at: h.w.now, node: h.node, kind: evLog, rec: &rec})
 	return nil
 }
 
@@ -246,10 +268,3 @@ func (h *logHandler) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h *logHandler) WithGroup(string) slog.Handler { return h }
-
-// digest hashes a string for messages.
-func digest(s string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(s))
-	return h.Sum64()
-}

@@ -1,0 +1,308 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+	"github.com/mmsidecar/mmsidecar/store/s3store"
+	"github.com/mmsidecar/mmsidecar/store/storetest"
+)
+
+// progTB lets a program use storetest.StartMinIO, which is written for
+// tests: it implements the few testing.TB methods the harness calls
+// (the embedded nil TB is never reached) and turns Fatal into a panic
+// that startMinIO recovers.
+type progTB struct {
+	testing.TB
+	dir string
+
+	mu       sync.Mutex
+	cleanups []func()
+	n        int
+}
+
+type fatalError struct{ msg string }
+
+func (t *progTB) Helper()      {}
+func (t *progTB) Name() string { return "bench" }
+
+func (t *progTB) TempDir() string {
+	t.mu.Lock()
+	t.n++
+	d := filepath.Join(t.dir, fmt.Sprintf("minio-%d", t.n))
+	t.mu.Unlock()
+	if err := os.MkdirAll(d, 0o755); err != nil {
+		panic(fatalError{err.Error()})
+	}
+	return d
+}
+
+func (t *progTB) Cleanup(f func()) {
+	t.mu.Lock()
+	t.cleanups = append(t.cleanups, f)
+	t.mu.Unlock()
+}
+
+func (t *progTB) Fatal(args ...any)                 { panic(fatalError{fmt.Sprint(args...)}) }
+func (t *progTB) Fatalf(format string, args ...any) { panic(fatalError{fmt.Sprintf(format, args...)}) }
+func (t *progTB) Skipf(format string, args ...any)  { panic(fatalError{fmt.Sprintf(format, args...)}) }
+func (t *progTB) Logf(format string, args ...any)   {}
+
+// close runs the cleanups in reverse order.
+func (t *progTB) close() {
+	t.mu.Lock()
+	cs := t.cleanups
+	t.cleanups = nil
+	t.mu.Unlock()
+	for i := len(cs) - 1; i >= 0; i-- {
+		cs[i]()
+	}
+}
+
+// startMinIO starts a MinIO server of the program's own under dir; stop
+// kills it.
+func startMinIO(dir string, opts ...storetest.Option) (m *storetest.MinIO, stop func(), err error) {
+	t := &progTB{dir: dir}
+	defer func() {
+		if r := recover(); r != nil {
+			fe, ok := r.(fatalError)
+			if !ok {
+				panic(r)
+			}
+			t.close()
+			m, stop, err = nil, nil, errors.New(fe.msg)
+		}
+	}()
+	m = storetest.StartMinIO(t, opts...)
+	return m, t.close, nil
+}
+
+// env is what every workload shares: the MinIO server, the recording
+// proxy in front of it, the binaries and a scratch directory.
+type env struct {
+	minio   *storetest.MinIO
+	proxy   *proxy
+	sidecar string // mmsidecar binary ("" with inproc)
+	inproc  bool
+	mc      string // mc binary, "" when missing
+	mcWhy   string // why mc is missing
+	dir     string
+	log     func(format string, args ...any)
+	// sidecarEnv is added to every sidecar process's environment.
+	sidecarEnv []string
+	// lagSystems limits the mirror-lag workload to these systems (all
+	// when empty).
+	lagSystems map[string]bool
+
+	mu      sync.Mutex
+	buckets int
+}
+
+// newBucket creates a fresh bucket named after what uses it.
+func (e *env) newBucket(ctx context.Context, what string) (string, *s3store.Store, error) {
+	e.mu.Lock()
+	e.buckets++
+	name := fmt.Sprintf("b%03d-%s", e.buckets, what)
+	e.mu.Unlock()
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	cfg := e.minio.Config(name)
+	s, err := s3store.New(cfg)
+	if err != nil {
+		return "", nil, err
+	}
+	for {
+		err = s.CreateBucket(ctx)
+		if err == nil || store.KindOf(err) != store.KindTransient || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	return name, s, nil
+}
+
+// countObjects lists prefix in a bucket and counts the keys.
+func countObjects(ctx context.Context, s store.Store, prefix string) (int, error) {
+	n := 0
+	err := s.List(ctx, prefix, func(store.Info) error { n++; return nil })
+	return n, err
+}
+
+// workDir returns a new directory under the scratch directory.
+func (e *env) workDir(name string) (string, error) {
+	d, err := os.MkdirTemp(e.dir, name+"-")
+	if err != nil {
+		return "", err
+	}
+	return d, nil
+}
+
+// goBinary finds the go command.
+func goBinary() string {
+	p := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return "go"
+}
+
+// buildSidecar builds cmd/mmsidecar into dir.
+func buildSidecar(ctx context.Context, dir string) (string, error) {
+	out := filepath.Join(dir, "mmsidecar")
+	cmd := exec.CommandContext(ctx, goBinary(), "build", "-o", out, "github.com/mmsidecar/mmsidecar/cmd/mmsidecar")
+	cmd.Env = append(os.Environ(), "GOFLAGS=")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build cmd/mmsidecar: %w\n%s", err, msg)
+	}
+	return out, nil
+}
+
+// mcInstallHint says how to get the mc binary the comparison needs.
+const mcInstallHint = "GOBIN=$HOME/.cache/mmsidecar/bin go install github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9"
+
+// findMC locates mc: $MMSIDECAR_MC_BIN, $HOME/.cache/mmsidecar/bin/mc,
+// then the PATH. It reports why when there is none.
+func findMC() (string, string) {
+	if p := os.Getenv("MMSIDECAR_MC_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Sprintf("MMSIDECAR_MC_BIN=%s: %v", p, err)
+		}
+		return p, ""
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		p := filepath.Join(home, ".cache", "mmsidecar", "bin", "mc")
+		if _, err := os.Stat(p); err == nil {
+			return p, ""
+		}
+	}
+	if p, err := exec.LookPath("mc"); err == nil {
+		return p, ""
+	}
+	return "", "mc not found (install it with `" + mcInstallHint + "`)"
+}
+
+// procStat is a process's CPU time and memory.
+type procStat struct {
+	CPU    time.Duration // user + system
+	Sys    time.Duration // system only
+	RSS    int64         // bytes, now
+	MaxRSS int64         // bytes, peak (VmHWM)
+}
+
+// clockTicks is USER_HZ, 100 on every Linux platform Go supports here.
+const clockTicks = 100
+
+// readProc reads /proc/<pid>/stat and /proc/<pid>/status.
+func readProc(pid int) (procStat, error) {
+	var ps procStat
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ps, err
+	}
+	// The command name may contain spaces: fields start after ")".
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return ps, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return ps, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	// f[0] is field 3 (state): utime is field 14, stime 15.
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	ps.CPU = time.Duration(ut+st) * time.Second / clockTicks
+	ps.Sys = time.Duration(st) * time.Second / clockTicks
+	b, err = os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return ps, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			ps.RSS = kb << 10
+		case "VmHWM":
+			ps.MaxRSS = kb << 10
+		}
+	}
+	return ps, nil
+}
+
+// loadAvg returns the 1-minute load average, or -1.
+func loadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return -1
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return -1
+	}
+	return v
+}
+
+// cleanEnv returns the environment without variables of the sidecar, MinIO
+// and mc, so the caller's settings do not leak into a child.
+func cleanEnv() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "MMSIDECAR_") || strings.HasPrefix(kv, "MINIO_") || strings.HasPrefix(kv, "MC_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// spawner starts processes from one OS thread that never exits: the
+// parent-death signal fires when the forking thread dies, not the process.
+var spawner struct {
+	once sync.Once
+	reqs chan spawnReq
+}
+
+type spawnReq struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawn starts cmd from the spawner thread.
+func spawn(cmd *exec.Cmd) error {
+	spawner.once.Do(func() {
+		spawner.reqs = make(chan spawnReq)
+		go func() {
+			runtime.LockOSThread()
+			for r := range spawner.reqs {
+				r.done <- r.cmd.Start()
+			}
+		}()
+	})
+	done := make(chan error, 1)
+	spawner.reqs <- spawnReq{cmd: cmd, done: done}
+	return <-done
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+	"github.com/mmsidecar/mmsidecar/runner/runnertest"
+	"github.com/mmsidecar/mmsidecar/store"
+)
+
+// writeEntries puts n Mailman-named entries of size bytes into dir, the
+// way Mailman does (temp file, rename) but without fsync: this is set-up,
+// not a measured workload.
+func writeEntries(dir string, n, size int) error {
+	if err := os.MkdirAll(dir, 0o770); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 4 {
+				body := runnertest.Body("s"+strconv.Itoa(i), size)
+				base := runnertest.NewBase(time.Now(), body)
+				tmp := filepath.Join(dir, base+".pck.tmp")
+				if err := os.WriteFile(tmp, body, 0o660); err != nil {
+					errs <- err
+					return
+				}
+				if err := os.Rename(tmp, filepath.Join(dir, base+".pck")); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+// countEntries counts the valid .pck names in dir.
+func countEntries(dir string) (map[string]bool, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]bool, len(ents))
+	for _, de := range ents {
+		if base, ext, ok := fence.ParseFileName(de.Name()); ok && ext == fence.ExtPck {
+			out[base] = true
+		}
+	}
+	return out, nil
+}
+
+// takeoverResult is one takeover run.
+type takeoverResult struct {
+	n, survivors     int
+	ttl, grace       time.Duration
+	detect, total    time.Duration // kill -> declared dead; kill -> all restored
+	restored, dups   int
+	perSurvivor      []int
+	requestsPerEntry float64
+	ops              map[string]float64
+	uploadSetup      time.Duration
+	completed        bool
+}
+
+// runTakeoverCase kills a node holding n entries and times their restore
+// on the survivors.
+func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (takeoverResult, error) {
+	res := takeoverResult{n: n, survivors: survivors, detect: -1, total: -1}
+	ttl := c.takeoverTTL
+	grace, margin := timing(ttl)
+	res.ttl, res.grace = ttl, grace
+	if ttl == 0 {
+		res.ttl, res.grace = defaultTTL, defaultGrace
+	}
+	bucket, st, err := e.newBucket(ctx, fmt.Sprintf("takeover-%d-%d", n, survivors))
+	if err != nil {
+		return res, err
+	}
+	var scs []sidecar
+	defer func() {
+		for _, sc := range scs {
+			sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			sc.stop(sctx)
+			cancel()
+		}
+	}()
+	start := func(node string, entries int) (sidecar, string, error) {
+		root, err := e.workDir(node)
+		if err != nil {
+			return nil, "", err
+		}
+		if err := writeEntries(filepath.Join(root, "in"), entries, 4<<10); err != nil {
+			return nil, "", err
+		}
+		sc, err := e.startSidecar(ctx, sidecarOpts{Node: node, QueueDir: root, Bucket: bucket, TTL: ttl, Grace: grace, Margin: margin})
+		return sc, root, err
+	}
+	var roots []string
+	for i := range survivors {
+		sc, root, err := start(fmt.Sprintf("s%d", i+1), 0)
+		if err != nil {
+			return res, err
+		}
+		defer os.RemoveAll(root)
+		scs, roots = append(scs, sc), append(roots, root)
+	}
+	t0 := time.Now()
+	victim, vroot, err := start("victim", n)
+	if err != nil {
+		return res, err
+	}
+	defer os.RemoveAll(vroot)
+	for _, sc := range append(scs, victim) {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		err := sc.waitReady(rctx)
+		cancel()
+		if err != nil {
+			return res, err
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	err = waitUploads(wctx, victim, float64(n))
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("victim upload: %w", err)
+	}
+	res.uploadSetup = time.Since(t0)
+	before := make([]metrics, len(scs))
+	for i, sc := range scs {
+		if before[i], err = sc.metrics(ctx); err != nil {
+			return res, err
+		}
+	}
+	e.log("takeover: victim holds %d entries in the store (%s); killing it", n, secs(res.uploadSetup))
+	victim.kill()
+	killed := time.Now()
+	leaseKey := fence.NewLayout("mmsidecar").LeaseKey("victim")
+	deadline := killed.Add(res.ttl + res.grace + 2*time.Minute + time.Duration(n)*20*time.Millisecond)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if res.detect < 0 {
+			if data, _, err := store.GetBytes(ctx, st, leaseKey); err == nil {
+				if l, err := fence.DecodeLease(data); err == nil && l.State == fence.StateDead {
+					res.detect = time.Since(killed)
+				}
+			}
+		}
+		seen := map[string]int{}
+		res.perSurvivor = res.perSurvivor[:0]
+		for _, root := range roots {
+			got, err := countEntries(filepath.Join(root, "in"))
+			if err != nil && !os.IsNotExist(err) {
+				return res, err
+			}
+			res.perSurvivor = append(res.perSurvivor, len(got))
+			for b := range got {
+				seen[b]++
+			}
+		}
+		res.restored, res.dups = len(seen), 0
+		for _, k := range seen {
+			if k > 1 {
+				res.dups++
+			}
+		}
+		if res.restored >= n {
+			res.total = time.Since(killed)
+			res.completed = true
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var ops map[string]float64
+	total := 0.0
+	for i, sc := range scs {
+		m, err := sc.metrics(ctx)
+		if err != nil {
+			return res, err
+		}
+		d, t := opsDelta(before[i], m)
+		total += t
+		if ops == nil {
+			ops = map[string]float64{}
+		}
+		for op, v := range d {
+			ops[op] += v
+		}
+	}
+	res.ops, res.requestsPerEntry = ops, total/float64(max(res.restored, 1))
+	return res, nil
+}
+
+// runTakeover runs every count with every number of survivors.
+func runTakeover(ctx context.Context, e *env, c config, t *table) error {
+	for _, n := range c.takeoverCounts {
+		for _, k := range c.takeoverSurvivors {
+			e.log("takeover: %d entries, %d survivors", n, k)
+			r, err := runTakeoverCase(ctx, e, c, n, k)
+			if err != nil {
+				return err
+			}
+			e.log("takeover: %d entries, %d survivors: detect %s, all restored %s (%d restored, %d on two nodes, split %v), %.2f requests per entry (%s)",
+				n, k, secs(r.detect), secs(r.total), r.restored, r.dups, r.perSurvivor, r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))))
+			bound := r.ttl + r.grace + 20*time.Second
+			restore := time.Duration(-1)
+			if r.total >= 0 && r.detect >= 0 {
+				restore = r.total - r.detect
+			}
+			row := row{Workload: fmt.Sprintf("4 takeover %d entries, %d survivors", n, k),
+				Figure:  fmt.Sprintf("kill → all restored (TTL %s + grace %s)", r.ttl, r.grace),
+				Sidecar: fmt.Sprintf("%s (detect %s + restore %s, %.0f/s)", secs(r.total), secs(r.detect), secs(restore), float64(n)/restore.Seconds()),
+				Target:  "≤ TTL + grace + 20 s = " + secs(bound)}
+			switch {
+			case !r.completed:
+				row.Sidecar = fmt.Sprintf("incomplete: %d of %d restored", r.restored, n)
+				row.Met = "NO"
+			case r.dups > 0:
+				row.Met = fmt.Sprintf("NO: %d entries on two survivors", r.dups)
+			default:
+				row.Met = verdict(r.total <= bound, fmt.Sprintf("%s over", secs(r.total-bound)))
+			}
+			t.add(row)
+			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "store requests per restored entry (survivors)",
+				fmt.Sprintf("%.2f (%s)", r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))))))
+		}
+	}
+	return nil
+}
+
+// row2 is an informational row.
+func row2(workload, figure, value string) row {
+	return row{Workload: workload, Figure: figure, Sidecar: value}
+}

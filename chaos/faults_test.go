@@ -1,0 +1,259 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/fence"
+	"github.com/mmsidecar/mmsidecar/store/storetest"
+)
+
+// outage is how long scenario 4 keeps MinIO stopped.
+const outage = 30 * time.Second
+
+// testStoreOutage: stop MinIO for 30 s. Every node fences and quarantines
+// what the store knows; no node takes over another's entries; the
+// workers keep processing entries born during the outage; quarantined
+// entries are processed soon after MinIO is back.
+func testStoreOutage(t *testing.T, m *storetest.MinIO) {
+	s := newScenario(t, m, "4-store-outage", clusterOptions{})
+	t.Cleanup(func() {
+		if m.PID() == 0 {
+			m.Start() // the next scenarios need it
+		}
+	})
+	s.injectAll()
+	s.snapshot()
+	s.faultAt = time.Now()
+	m.Stop()
+	stopped := time.Since(s.faultAt)
+
+	// Every node fences itself and finishes its quarantine.
+	err := waitFor(outage, 50*time.Millisecond, func() (bool, string) {
+		var states []string
+		all := true
+		for _, n := range s.c.nodes {
+			st, err := n.nodeState()
+			done := len(logTimes([]*node{n}, "fenced", s.faultAt)) > 0
+			states = append(states, fmt.Sprintf("%s=%s%s quarantine done %v", n.id, st, errOrEmpty(err), done))
+			all = all && st == fence.StateFenced && done
+		}
+		return all, strings.Join(states, ", ")
+	})
+	if err != nil {
+		t.Fatalf("nodes did not fence during the outage: %v", err)
+	}
+	fencedAt := time.Since(s.faultAt)
+	quarantined := make(map[hopID]bool)
+	for _, n := range s.c.nodes {
+		files, err := n.files()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, err := idsOf(files, func(f localFile) bool { return f.Held })
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range ids {
+			quarantined[k] = true
+		}
+	}
+	if len(quarantined) < 100 {
+		t.Errorf("only %d entries quarantined: the outage did not meet a backlog", len(quarantined))
+	}
+
+	// Entries born during the outage are unknown to every peer: the
+	// workers process them while the store is away.
+	born := s.c.inject(s.ctx, "s4x", 150, 50, s.c.nodes)
+	born()
+	outageIDs := make(map[string]bool)
+	for _, id := range s.c.injectedIDs() {
+		if strings.HasPrefix(id, "s4x.") {
+			outageIDs[id] = true
+		}
+	}
+	err = waitFor(time.Until(s.faultAt.Add(outage)), 100*time.Millisecond, func() (bool, string) {
+		k := 0
+		for _, e := range s.c.ledger() {
+			if e.Queue == lastHop && outageIDs[e.ID] {
+				k++
+			}
+		}
+		return k == len(outageIDs), fmt.Sprintf("%d of %d outage-born messages at %s", k, len(outageIDs), lastHop)
+	})
+	if err != nil {
+		t.Errorf("workers did not process entries born during the outage: %v", err)
+	}
+	sleepUntil(s.faultAt.Add(outage))
+	m.Start()
+	backAt := time.Now()
+
+	err = waitFor(deadline, 50*time.Millisecond, func() (bool, string) {
+		var states []string
+		all := true
+		for _, n := range s.c.nodes {
+			st, err := n.nodeState()
+			states = append(states, n.id+"="+st+fmt.Sprint(errOrEmpty(err)))
+			all = all && st == fence.StateLive
+		}
+		return all, strings.Join(states, " ")
+	})
+	if err != nil {
+		t.Errorf("nodes did not come back after the outage: %v", err)
+	}
+	live := time.Since(backAt)
+	report.addf(t, "4-store-outage: MinIO stopped in %s; all nodes fenced %s after the stop; %d entries quarantined; %d entries born during the outage processed during it; MinIO down %v; all nodes live again %s after MinIO started",
+		ms(stopped), ms(fencedAt), len(quarantined), len(outageIDs), outage, ms(live))
+	// Reported even when waitDone gives up: how soon did the quarantined
+	// entries run, and how much did the nodes fence again meanwhile?
+	defer func() {
+		var first, last time.Time
+		seen := make(map[hopID]bool)
+		for _, e := range s.c.ledger() {
+			k := e.Queue + "/" + e.ID
+			if !quarantined[k] || e.At.Before(backAt) {
+				continue
+			}
+			seen[k] = true
+			if first.IsZero() || e.At.Before(first) {
+				first = e.At
+			}
+			if e.At.After(last) {
+				last = e.At
+			}
+		}
+		var epochs []string
+		for _, n := range s.c.nodes {
+			if m, err := n.metrics(); err == nil {
+				epochs = append(epochs, fmt.Sprintf("%s %v", n.id, m.sum("mmsidecar_node_epoch")))
+			}
+		}
+		refenced := len(logTimes(s.c.nodes, "fenced", backAt))
+		if first.IsZero() {
+			report.addf(t, "4-store-outage: no quarantined entry was processed after MinIO came back")
+		} else {
+			report.addf(t, "4-store-outage: after MinIO start: first quarantined entry processed in %s, last in %s (%d of %d processed); fences after MinIO was back: %d; epochs now %s",
+				ms(first.Sub(backAt)), ms(last.Sub(backAt)), len(seen), len(quarantined), refenced, strings.Join(epochs, ", "))
+		}
+		if len(seen) != len(quarantined) {
+			t.Errorf("%d of %d quarantined entries processed after MinIO came back", len(seen), len(quarantined))
+		}
+	}()
+	s.waitDone(s.c.nodes)
+	for _, n := range s.c.nodes {
+		now := n.mustMetrics()
+		if d := s.delta(n, now, "mmsidecar_transfers_total"); d != 0 {
+			t.Errorf("node %s took over %v entries during or after a store outage", n.id, d)
+		}
+		if d := s.delta(n, now, "mmsidecar_peers_declared_dead_total"); d != 0 {
+			t.Errorf("node %s declared %v peers dead during or after a store outage", n.id, d)
+		}
+	}
+	s.judge(true, fmt.Sprintf("%d quarantined", len(quarantined)))
+}
+
+func errOrEmpty(err error) string {
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return ""
+}
+
+// testDrain: `mmsidecar drain` one node under load. It must exit 0 with
+// the node's queues and hold area empty, and nothing may run twice.
+func testDrain(t *testing.T, m *storetest.MinIO) {
+	s := newScenario(t, m, "5-drain", clusterOptions{})
+	victim := s.c.node("c")
+	s.injectAll()
+	backlog := victim.backlog("in")
+	s.snapshot()
+	s.faultAt = time.Now()
+	ctx, cancel := context.WithTimeout(s.ctx, 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sidecarBin, "drain")
+	cmd.Env = victim.env()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(s.faultAt)
+	if err != nil {
+		t.Fatalf("mmsidecar drain on %s after %s: %v\n%s", victim.id, ms(took), err, out)
+	}
+	if fc := victim.counts(); fc.Pck+fc.Bak+fc.Held != 0 {
+		t.Errorf("drain exited 0 but %s holds %s", victim.id, fc)
+	}
+	s.waitDone(s.c.nodes)
+	now := victim.mustMetrics()
+	var taken float64
+	for _, n := range s.c.others(victim) {
+		taken += s.delta(n, n.mustMetrics(), "mmsidecar_transfers_total", "how", "handoff")
+	}
+	report.addf(t, "5-drain: drain of %s with %d queued in 'in' exited 0 after %s; handed off %v, peers restored %v by handoff; output: %s",
+		victim.id, backlog, ms(took), s.delta(victim, now, "mmsidecar_handoffs_total"), taken, strings.TrimSpace(lastLine(string(out))))
+	s.judge(true, "drained in "+took.Round(100*time.Millisecond).String())
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// testStopPastTTL: beyond the timing model. SIGSTOP one node's sidecar
+// (whole=false) or the whole node (sidecar and worker) for longer than
+// TTL + grace, then SIGCONT. Duplicates are measured, not forbidden.
+func testStopPastTTL(t *testing.T, m *storetest.MinIO, whole bool) {
+	name := "6a-stop-sidecar-past-ttl"
+	if whole {
+		name = "6b-stop-node-past-ttl"
+	}
+	s := newScenario(t, m, name, clusterOptions{})
+	victim := s.c.node("b")
+	survivors := s.c.others(victim)
+	s.injectAll()
+	s.snapshot()
+	pause := leaseTTL + leaseGrace + 3*time.Second
+	procs := []*proc{victim.sidecar}
+	if whole {
+		procs = append(procs, victim.worker)
+	}
+	s.faultAt = time.Now()
+	for _, p := range procs {
+		if err := p.signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sleepUntil(s.faultAt.Add(pause))
+	contAt := time.Now()
+	for _, p := range procs {
+		if err := p.signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.waitDone(s.c.nodes)
+	var moved float64
+	for _, n := range survivors {
+		moved += s.delta(n, n.mustMetrics(), "mmsidecar_transfers_total")
+	}
+	fencing := append(logTimes([]*node{victim}, "lease not renewed within TTL - margin: fencing", s.faultAt),
+		logTimes([]*node{victim}, "lease taken: fencing", s.faultAt)...)
+	sort.Slice(fencing, func(i, j int) bool { return fencing[i].Before(fencing[j]) })
+	fenced := logTimes([]*node{victim}, "fenced", s.faultAt)
+	first, _, ok := logMargin(survivors, s.faultAt)
+	margin := "no claims"
+	if ok && len(fenced) > 0 && len(fencing) > 0 {
+		margin = fmt.Sprintf("victim began to fence %s after SIGCONT and had quarantined %s after SIGCONT; first survivor claim at stop+%s: fence-to-takeover margin %s (negative: the takeover came first)",
+			ms(fencing[0].Sub(contAt)), ms(fenced[0].Sub(contAt)), ms(first.Sub(s.faultAt)), ms(first.Sub(fencing[0])))
+	} else if ok {
+		margin = fmt.Sprintf("victim never logged a fence; first survivor claim at stop+%s", ms(first.Sub(s.faultAt)))
+	}
+	v := s.judge(false, fmt.Sprintf("SIGSTOP %v, %v transfers", pause, moved))
+	report.addf(t, "%s: stopped %v (TTL + grace = %v); %v entries taken over; processed twice: %d hop runs (%d by two nodes); %s",
+		name, pause, leaseTTL+leaseGrace, moved, v.Dups, v.ByTwoNodes, margin)
+}

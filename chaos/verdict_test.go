@@ -1,0 +1,228 @@
+package chaos
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// verdict is what the ledger says about one scenario.
+type verdict struct {
+	Scenario string
+	// Injected counts injected messages; HopRuns ledger lines.
+	Injected, HopRuns int
+	// Complete counts injected messages that reached the last hop.
+	Complete int
+	// Lost lists injected messages that never reached the last hop.
+	Lost []string
+	// Dups counts hops of a message run more than once (extra runs);
+	// ByTwoNodes those run on two or more nodes.
+	Dups, ByTwoNodes int
+	// InFlight counts entries in flight (.bak) on a SIGKILLed node.
+	InFlight int
+	// AllowedDups counts the Dups the in-flight rule allows: a hop in
+	// flight at the kill, or a later hop of the same message, re-run once.
+	AllowedDups int
+	// Stale describes the duplicates the rule does not allow of messages
+	// whose entry had finished on the killed node before the kill while
+	// its store copy was still there (the mirror had not deleted it yet),
+	// and the later hops of the same message re-run as a consequence.
+	Stale []string
+	// Violations describes every other duplicate the rule does not allow.
+	Violations []string
+	// Breaches lists G2 breaches: a node dequeued an entry after another
+	// node had restored it, so both runners saw it as .pck at once.
+	Breaches []string
+	// Unknown lists ledger lines of messages nobody injected.
+	Unknown []string
+	// FaultToDone is the time from the fault to the last ledger line.
+	FaultToDone time.Duration
+}
+
+// hopIndex is the position of a queue in hops.
+func hopIndex(queue string) int {
+	for i, h := range hops {
+		if h.Queue == queue {
+			return i
+		}
+	}
+	return -1
+}
+
+// analyze judges a ledger. inFlight holds "<queue>/<id>" of entries in
+// flight on a SIGKILLed node: that hop and the later hops of the same
+// message may run twice, no more.
+//
+// staleAtKill holds "<queue>/<base>" of copies that were in the killed
+// node's namespace although the entry was no longer on its disk: finished
+// there, not yet deleted from the store. Duplicates they explain are
+// still violations, counted in Stale as well.
+func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[hopID]bool, staleAtKill map[string]bool, faultAt time.Time) verdict {
+	v := verdict{Scenario: name, Injected: len(injected), HopRuns: len(ledger), InFlight: len(inFlight)}
+	known := make(map[string]bool, len(injected))
+	for _, id := range injected {
+		known[id] = true
+	}
+	// earliest in-flight hop per message
+	allowFrom := make(map[string]int)
+	for k := range inFlight {
+		q, id, _ := strings.Cut(k, "/")
+		if i, ok := allowFrom[id]; !ok || hopIndex(q) < i {
+			allowFrom[id] = hopIndex(q)
+		}
+	}
+	staleFrom := make(map[string]int)
+	for _, e := range ledger {
+		if staleAtKill[e.Queue+"/"+e.Base] {
+			if i, ok := staleFrom[e.ID]; !ok || hopIndex(e.Queue) < i {
+				staleFrom[e.ID] = hopIndex(e.Queue)
+			}
+		}
+	}
+	runs := make(map[hopID][]ledgerEntry)
+	var last time.Time
+	for _, e := range ledger {
+		if !known[e.ID] {
+			v.Unknown = append(v.Unknown, e.Queue+"/"+e.ID+" on "+e.Node)
+			continue
+		}
+		runs[e.Queue+"/"+e.ID] = append(runs[e.Queue+"/"+e.ID], e)
+		if e.At.After(last) {
+			last = e.At
+		}
+	}
+	if !faultAt.IsZero() && last.After(faultAt) {
+		v.FaultToDone = last.Sub(faultAt)
+	}
+	for _, id := range injected {
+		if len(runs[lastHop+"/"+id]) > 0 {
+			v.Complete++
+		} else {
+			v.Lost = append(v.Lost, id)
+		}
+	}
+	keys := make([]string, 0, len(runs))
+	for k := range runs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		rs := runs[k]
+		if len(rs) < 2 {
+			continue
+		}
+		v.Dups += len(rs) - 1
+		nodes := map[string]bool{}
+		var desc []string
+		for _, r := range rs {
+			nodes[r.Node] = true
+			desc = append(desc, fmt.Sprintf("%s@%s(%s)", r.Node, r.At.Format("15:04:05.000"), r.Base[:min(len(r.Base), 24)]))
+		}
+		if len(nodes) > 1 {
+			v.ByTwoNodes++
+		}
+		q, id, _ := strings.Cut(k, "/")
+		from, ok := allowFrom[id]
+		if ok && hopIndex(q) >= from && len(rs) == 2 {
+			v.AllowedDups++
+			continue
+		}
+		d := fmt.Sprintf("%s run %d times: %s", k, len(rs), strings.Join(desc, ", "))
+		if sf, ok := staleFrom[id]; ok && hopIndex(q) >= sf && len(rs) == 2 {
+			v.Stale = append(v.Stale, d)
+			continue
+		}
+		v.Violations = append(v.Violations, d)
+	}
+	sort.Strings(v.Lost)
+	return v
+}
+
+// row formats the verdict as a table row.
+func (v verdict) row(note string) []string {
+	done := "-"
+	if v.FaultToDone > 0 {
+		done = v.FaultToDone.Round(100 * time.Millisecond).String()
+	}
+	return []string{v.Scenario, itoa(v.Injected), itoa(v.Complete), itoa(v.HopRuns), itoa(len(v.Lost)),
+		itoa(v.Dups), itoa(v.ByTwoNodes), itoa(v.InFlight), itoa(v.AllowedDups), itoa(len(v.Violations) + len(v.Stale)), itoa(len(v.Stale)), itoa(len(v.Breaches)), done, note}
+}
+
+// tableHeader names the columns of row.
+var tableHeader = []string{"scenario", "injected", "complete", "hop runs", "lost", "dup runs", "by 2 nodes",
+	"in flight at kill", "allowed dups", "bad dups", "of which stale copy", "G2 breaches", "fault->done", "note"}
+
+// formatTable aligns rows under a header.
+func formatTable(header []string, rows [][]string) string {
+	width := make([]int, len(header))
+	for _, r := range append([][]string{header}, rows...) {
+		for i, c := range r {
+			width[i] = max(width[i], len(c))
+		}
+	}
+	var b strings.Builder
+	for _, r := range append([][]string{header}, rows...) {
+		for i, c := range r {
+			if i > 0 {
+				b.WriteString("  ")
+			}
+			fmt.Fprintf(&b, "%-*s", width[i], c)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// firstN returns up to n items joined for messages.
+func firstN(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, "; ")
+	}
+	return strings.Join(items[:n], "; ") + fmt.Sprintf("; ... (%d more)", len(items)-n)
+}
+
+// restoreEvent is a node putting an entry into its queue directory for
+// its runners: a takeover, a handoff or a settle restored it.
+type restoreEvent struct {
+	node string
+	at   time.Time
+}
+
+// restoresOf reads the restore events of the nodes' logs, keyed
+// "<queue>/<base>".
+func restoresOf(nodes []*node) map[string][]restoreEvent {
+	out := make(map[string][]restoreEvent)
+	for _, n := range nodes {
+		for _, r := range readLog(n.sidecarLog) {
+			if r.Msg != "restored" && r.Msg != "settle: entry restored" {
+				continue
+			}
+			q, file, ok := strings.Cut(r.Entry, "/")
+			if !ok {
+				continue
+			}
+			base := strings.TrimSuffix(strings.TrimSuffix(file, ".pck"), ".psv")
+			out[q+"/"+base] = append(out[q+"/"+base], restoreEvent{node: n.id, at: r.Time})
+		}
+	}
+	return out
+}
+
+// g2Breaches finds every dequeue of an entry by a node after another
+// node had restored the same entry: from the restore to the dequeue, two
+// nodes' runners saw it as .pck (G2).
+func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent) []string {
+	var out []string
+	for _, e := range ledger {
+		for _, r := range restores[e.Queue+"/"+e.Base] {
+			if r.node != e.Node && !e.At.Before(r.at) {
+				out = append(out, fmt.Sprintf("%s/%s (%s) dequeued on %s at %s, %s after %s restored it",
+					e.Queue, e.ID, e.Base[:min(len(e.Base), 24)], e.Node, e.At.Format("15:04:05.000"), ms(e.At.Sub(r.at)), r.node))
+				break
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
