@@ -120,12 +120,14 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 // instead, and settles the held entries when it does.
 func (n *Node) Renew(ctx context.Context) error {
 	n.mu.Lock()
-	state := n.state
+	state, busy := n.state, n.quarantining || n.stopped
 	n.mu.Unlock()
-	switch state {
-	case StateStarting:
+	switch {
+	case state == StateStarting:
 		return nil
-	case StateFenced:
+	case state == StateFenced && busy:
+		return nil // the fence is still moving files, or we are stopping
+	case state == StateFenced:
 		if err := n.acquire(ctx, false, false); err != nil {
 			n.m.renewals.WithLabelValues("error").Inc()
 			if errors.Is(err, ErrDuplicateNode) {
@@ -261,12 +263,16 @@ func (n *Node) fence(ctx context.Context, reason string) {
 	}
 	epoch := n.lease.Epoch
 	n.setStateLocked(StateFenced)
+	n.quarantining = true
 	n.liveCancel()
 	n.mu.Unlock()
 	// Wait for releases into the queue directories to finish or abort.
 	n.releaseMu.Lock()
 	moved, err := n.local.Quarantine(ctx, false)
 	n.releaseMu.Unlock()
+	n.mu.Lock()
+	n.quarantining = false
+	n.mu.Unlock()
 	n.m.fences.WithLabelValues(reason).Inc()
 	n.m.quarantined.Add(float64(len(moved)))
 	if err != nil {
@@ -279,4 +285,9 @@ func (n *Node) fence(ctx context.Context, reason string) {
 // Stop fences the node because the sidecar is shutting down: nothing the
 // store knows as this node's may stay visible to runners that no sidecar
 // guards any more. A restart on the same disk settles the held entries.
-func (n *Node) Stop(ctx context.Context) { n.fence(ctx, "shutdown") }
+func (n *Node) Stop(ctx context.Context) {
+	n.mu.Lock()
+	n.stopped = true
+	n.mu.Unlock()
+	n.fence(ctx, "shutdown")
+}

@@ -85,9 +85,15 @@ type Node struct {
 	markedDead bool
 	// liveCtx is cancelled when the node fences: work that acts as owner
 	// runs under it.
-	liveCtx      context.Context
-	liveCancel   context.CancelFunc
-	drain        bool
+	liveCtx    context.Context
+	liveCancel context.CancelFunc
+	drain      bool
+	// quarantining: a fence is still moving files; the node must not
+	// come back (and settle) before it is done, or entries it moves
+	// afterwards stay held.
+	quarantining bool
+	// stopped: the sidecar is shutting down; the node stays fenced.
+	stopped      bool
 	peers        map[string]*peer
 	lastScan     time.Time
 	lastClaims   time.Time
@@ -199,6 +205,7 @@ func (n *Node) Run(ctx context.Context) error {
 		_ = n.Takeover(ctx)
 		_ = n.ClaimsPass(ctx)
 		_ = n.DrainStep(ctx)
+		n.Resettle(ctx)
 	})
 	wg.Wait()
 	return nil

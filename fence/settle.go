@@ -118,6 +118,33 @@ func (n *Node) settleOne(ctx context.Context, e Entry, epoch uint64) error {
 	return fmt.Errorf("settle %s: claim contested", e)
 }
 
+// Resettle settles entries left in the hold area while the node is live:
+// a settle cut short by a new fence, or a takeover whose release failed.
+// Entries a takeover or the claims pass is working on are skipped.
+func (n *Node) Resettle(ctx context.Context) {
+	n.mu.Lock()
+	ok := n.state == StateLive && !n.drain
+	n.mu.Unlock()
+	if !ok {
+		return
+	}
+	octx, done, epoch := n.ownerCtx(ctx)
+	defer done()
+	for _, e := range n.local.Held() {
+		if !n.markInflight(e) {
+			continue
+		}
+		err := n.settleOne(octx, e, epoch)
+		n.clearInflight(e)
+		if err != nil {
+			n.log.Warn("resettle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
+		}
+		if octx.Err() != nil {
+			return
+		}
+	}
+}
+
 // release makes a held entry visible to the runners, unless the node
 // fences meanwhile (ctx is an owner context).
 func (n *Node) release(ctx context.Context, e Entry) error {

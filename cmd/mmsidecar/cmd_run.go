@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -180,12 +181,20 @@ func (d *daemon) run(drainCtx, abortCtx context.Context) error {
 		}
 		return d.pingStore(workCtx)
 	}, func(error) { stopWork() })
+	// The first signal shuts down in order while the mirror and the node
+	// still run: flush uploads, then fence. Only then stop the rest.
+	stopped := make(chan struct{})
+	var stopOnce sync.Once
 	g.Add(func() error {
-		<-drainCtx.Done()
+		select {
+		case <-drainCtx.Done():
+		case <-stopped:
+			return nil
+		}
+		d.shutdown(abortCtx)
 		return context.Cause(drainCtx)
-	}, func(error) {})
+	}, func(error) { stopOnce.Do(func() { close(stopped) }) })
 	err = g.Run()
-	d.shutdown(abortCtx)
 	var se signalError
 	if errors.As(err, &se) || errors.Is(err, context.Canceled) {
 		return nil
@@ -241,17 +250,22 @@ func (d *daemon) pingStore(ctx context.Context) error {
 
 var errStopPing = errors.New("stop")
 
-// shutdown flushes uploads for up to SHUTDOWN_TIMEOUT (a second signal
-// cuts it short), then, in cluster mode, fences: no entry the store knows
-// stays visible to runners that no sidecar guards any more.
+// shutdown flushes uploads and deletes for up to SHUTDOWN_TIMEOUT (a
+// second signal cuts it short) while the mirror still runs, then, in
+// cluster mode, fences: no entry the store knows stays visible to runners
+// that no sidecar guards any more. The fence only moves local files, so it
+// gets its own deadline, not what is left of the flush's.
 func (d *daemon) shutdown(abortCtx context.Context) {
+	d.http.SetStopping()
 	ctx, cancel := context.WithTimeout(abortCtx, d.cfg.ShutdownTimeout)
-	defer cancel()
 	if err := d.mirror.Flush(ctx); err != nil {
 		d.log.Warn("shutdown: uploads not all flushed", "err", err)
 	}
+	cancel()
 	if d.node != nil {
-		d.node.Stop(ctx)
+		fctx, fcancel := context.WithTimeout(context.WithoutCancel(abortCtx), time.Minute)
+		d.node.Stop(fctx)
+		fcancel()
 	}
 	d.log.Info("stopped")
 }
