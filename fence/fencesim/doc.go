@@ -33,8 +33,10 @@
 // The checks (oracle.go, store.go, check.go):
 //
 //   - G1: an unfinished entry is never on no disk and not in the store; an
-//     entry lost with a wiped disk must be younger than the mirror lag bound
-//     (or its node could not mirror for that long).
+//     entry that has been on a node longer than the mirror lag bound, while
+//     that node could mirror, has a copy in the store; an entry lost with a
+//     wiped disk must be younger than the bound (or its node could not
+//     mirror for that long).
 //   - G2: no entry is a Mailman-visible .pck on two nodes whose runners
 //     run, unless the run has gone beyond the timing model (a pause, or a
 //     sidecar outage with its runners going, longer than margin + grace):
@@ -47,6 +49,12 @@
 //     preserved, or in processing.
 //   - G6: no entry is restored as .pck after more than MaxTransfers
 //     transfers (counted from the claim writes themselves).
+//
+// Options (and test flags) switch on behaviour worth replaying: no Mailman
+// .bak recovery at restart (-norecovery), a Release that does not mirror an
+// entry already queued, as the runner's does (-lazyrelease), drains that a
+// sidecar restart abandons (-abandondrain), the share of runs beyond the
+// timing model (-beyond).
 //
 // A violation prints the seed, the scenario, the history of the entries
 // involved and the last events. Run it with:

@@ -16,7 +16,7 @@ var regressions = []struct {
 	// the node fenced and then refused its own lease as ErrDuplicateNode
 	// until a peer declared it dead; with every node there, nobody could
 	// (fixed in lease.go: re-send the unresolved attempt).
-	{name: "lease-lost-answer-livelock", seed: 535},
+	{name: "lease-lost-answer-livelock", seed: 744},
 	// Start's lease write after the node was declared dead committed but
 	// lost its answer; the retry forgot that the node had been taken
 	// over, so Start left .pck files visible that peers had restored
@@ -32,7 +32,7 @@ var regressions = []struct {
 	// took Has() for restored, deleted the source copy and never
 	// released it (fixed in claims.go).
 	{name: "staged-entry-never-released", seed: 283},
-	{name: "staged-entry-never-released-2", seed: 301},
+	{name: "staged-entry-never-released-2", seed: 446},
 
 	// A node declared dead restarts on its old disk; Mailman's runner
 	// recovery turned a .bak that a peer had already restored back into a
