@@ -115,6 +115,7 @@ func testKillNode(t *testing.T, m *storetest.MinIO) {
 func testStopSidecarBriefly(t *testing.T, m *storetest.MinIO) {
 	s := newScenario(t, m, "2-stop-sidecar-briefly", clusterOptions{})
 	victim := s.c.node("b")
+	defer func() { report.addf(t, "2-stop-sidecar-briefly: %s", renewStats(s.c.nodes)) }()
 	pre := allMetrics(t, s.c.nodes)
 	s.injectAll()
 	s.snapshot()
@@ -205,6 +206,29 @@ func testTerminateSidecarRestart(t *testing.T, m *storetest.MinIO) {
 	report.addf(t, "3b-terminate-sidecar-restart: SIGTERM -> exited %s with %d entries held; restarted sidecar ready %s after the SIGTERM; transfers %v, dead marks %v",
 		ms(down), held, ms(back), moved, dead)
 	s.judge(true, fmt.Sprintf("%d held at shutdown", held))
+}
+
+// renewStats summarises lease renewals from the nodes' metrics: results,
+// mean latency, and how many took 0.5 s or more (a renewal that times out
+// after TTL/3 leaves no second try before TTL - margin).
+func renewStats(nodes []*node) string {
+	var parts []string
+	for _, n := range nodes {
+		m, err := n.metrics()
+		if err != nil {
+			continue
+		}
+		count := m.sum("mmsidecar_lease_renew_seconds_count")
+		mean := 0.0
+		if count > 0 {
+			mean = m.sum("mmsidecar_lease_renew_seconds_sum") / count
+		}
+		slow := count - m.sum("mmsidecar_lease_renew_seconds_bucket", "le", "0.256")
+		res := m.byLabel("mmsidecar_lease_renewals_total", "result")
+		parts = append(parts, fmt.Sprintf("%s: renewals ok %v error %v lost %v, mean %.0fms, %v over 256ms",
+			n.id, res["ok"], res["error"], res["lost"], mean*1000, slow))
+	}
+	return "lease renewals: " + strings.Join(parts, "; ")
 }
 
 // allMetrics fetches every node's metrics.

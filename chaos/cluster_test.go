@@ -159,7 +159,7 @@ func (c *cluster) dumpOnFailure() {
 		var tl []string
 		for _, r := range readLog(n.sidecarLog) {
 			switch r.Msg {
-			case "lease acquired", "fenced", "lease not renewed within TTL - margin: fencing", "lease taken: fencing",
+			case "lease acquired", "fenced", "fence: quarantine incomplete", "lease not renewed within TTL - margin: fencing", "lease taken: fencing",
 				"declared peer dead", "ready", "starting", "stopped":
 				tl = append(tl, fmt.Sprintf("%s %s epoch=%d", r.Time.Format("15:04:05.000"), r.Msg, r.Epoch))
 			}

@@ -40,7 +40,7 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 		all := true
 		for _, n := range s.c.nodes {
 			st, err := n.nodeState()
-			done := len(logTimes([]*node{n}, "fenced", s.faultAt)) > 0
+			done := len(fenceEnds([]*node{n}, s.faultAt)) > 0
 			states = append(states, fmt.Sprintf("%s=%s%s quarantine done %v", n.id, st, errOrEmpty(err), done))
 			all = all && st == fence.StateFenced && done
 		}
@@ -134,7 +134,7 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 				epochs = append(epochs, fmt.Sprintf("%s %v", n.id, m.sum("mmsidecar_node_epoch")))
 			}
 		}
-		refenced := len(logTimes(s.c.nodes, "fenced", backAt))
+		refenced := len(fenceEnds(s.c.nodes, backAt))
 		if first.IsZero() {
 			report.addf(t, "4-store-outage: no quarantined entry was processed after MinIO came back")
 		} else {
@@ -244,7 +244,7 @@ func testStopPastTTL(t *testing.T, m *storetest.MinIO, whole bool) {
 	fencing := append(logTimes([]*node{victim}, "lease not renewed within TTL - margin: fencing", s.faultAt),
 		logTimes([]*node{victim}, "lease taken: fencing", s.faultAt)...)
 	sort.Slice(fencing, func(i, j int) bool { return fencing[i].Before(fencing[j]) })
-	fenced := logTimes([]*node{victim}, "fenced", s.faultAt)
+	fenced := fenceEnds([]*node{victim}, s.faultAt)
 	first, _, ok := logMargin(survivors, s.faultAt)
 	margin := "no claims"
 	if ok && len(fenced) > 0 && len(fencing) > 0 {

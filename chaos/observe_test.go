@@ -140,6 +140,7 @@ type logRecord struct {
 	Node  string    `json:"node"`
 	Entry string    `json:"entry"`
 	Epoch uint64    `json:"epoch"`
+	Err   string    `json:"err"`
 }
 
 // readLog parses a sidecar's JSON log, skipping lines that are not JSON.
@@ -172,6 +173,30 @@ func logTimes(nodes []*node, msg string, since time.Time) []time.Time {
 			}
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Before(out[j]) })
+	return out
+}
+
+// workerG4 returns the worker's reports of in-flight files that vanished.
+func (n *node) workerG4() []string {
+	data, err := os.ReadFile(n.workerLog)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, g4Marker) {
+			out = append(out, n.id+": "+l)
+		}
+	}
+	return out
+}
+
+// fenceEnds returns the times the nodes finished a fence's quarantine
+// after since: "fenced", or "fence: quarantine incomplete" when some
+// entry could not be moved.
+func fenceEnds(nodes []*node, since time.Time) []time.Time {
+	out := append(logTimes(nodes, "fenced", since), logTimes(nodes, "fence: quarantine incomplete", since)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Before(out[j]) })
 	return out
 }

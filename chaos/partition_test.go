@@ -40,7 +40,7 @@ func testPartition(t *testing.T, m *storetest.MinIO) {
 	s.waitDone(s.c.nodes)
 
 	fenceStart := logTimes([]*node{victim}, "lease not renewed within TTL - margin: fencing", s.faultAt)
-	fenced := logTimes([]*node{victim}, "fenced", s.faultAt)
+	fenced := fenceEnds([]*node{victim}, s.faultAt)
 	first, last, ok := logMargin(survivors, s.faultAt)
 	if len(fenceStart) == 0 || len(fenced) == 0 || !ok {
 		t.Fatalf("missing fence (%d, %d) or takeover (%v) in the logs", len(fenceStart), len(fenced), ok)

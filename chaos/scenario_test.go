@@ -60,7 +60,7 @@ func (s *scenario) sampleLag() func() lagSample {
 	stop := make(chan struct{})
 	res := make(chan lagSample, 1)
 	go func() {
-		var max lagSample
+		var peak lagSample
 		tick := time.NewTicker(250 * time.Millisecond)
 		defer tick.Stop()
 		for {
@@ -83,13 +83,13 @@ func (s *scenario) sampleLag() func() lagSample {
 				for _, q := range st.Queues {
 					un += q.Unmirrored
 				}
-				max.Unmirrored = maxInt(max.Unmirrored, un)
-				max.PendingUploads = maxInt(max.PendingUploads, st.PendingUploads)
-				max.PendingDeletes = maxInt(max.PendingDeletes, st.PendingDeletes)
+				peak.Unmirrored = max(peak.Unmirrored, un)
+				peak.PendingUploads = max(peak.PendingUploads, st.PendingUploads)
+				peak.PendingDeletes = max(peak.PendingDeletes, st.PendingDeletes)
 			}
 			select {
 			case <-stop:
-				res <- max
+				res <- peak
 				return
 			case <-tick.C:
 			}
@@ -97,8 +97,6 @@ func (s *scenario) sampleLag() func() lagSample {
 	}()
 	return func() lagSample { close(stop); return <-res }
 }
-
-func maxInt(a, b int) int { return max(a, b) }
 
 // stuckAfter is how long waitDone lets nothing move before it gives up.
 const stuckAfter = 30 * time.Second
@@ -329,18 +327,41 @@ func (s *scenario) judge(strict bool, note string) verdict {
 	if len(s.leaked) > 0 {
 		note += fmt.Sprintf("; LEAKED copies %v", s.leaked)
 	}
+	var g4 []string
+	for _, n := range s.c.nodes {
+		g4 = append(g4, n.workerG4()...)
+	}
+	if len(g4) > 0 {
+		note += fmt.Sprintf("; %d in-flight .bak moved away", len(g4))
+	}
 	report.addRow(v.row(note))
 	report.addf(s.t, "%s: mirror backlog while injecting: %s", s.name, s.lag)
 	s.t.Logf("%s: injected %d, complete %d, hop runs %d, lost %d, dup runs %d (by two nodes %d), in flight at kill %d, allowed %d, not allowed %d (+%d stale copy), G2 breaches %d, fault->done %v",
 		s.name, v.Injected, v.Complete, v.HopRuns, len(v.Lost), v.Dups, v.ByTwoNodes, v.InFlight, v.AllowedDups, len(v.Violations), len(v.Stale), len(v.Breaches), v.FaultToDone)
-	if v.Injected != injectTotal && s.name != "" {
-		s.t.Logf("%s: %d messages injected", s.name, v.Injected)
-	}
 	if len(v.Unknown) > 0 {
 		s.t.Errorf("ledger names messages nobody injected: %s", firstN(v.Unknown, 5))
 	}
 	if len(v.Lost) > 0 {
 		s.t.Errorf("%d messages LOST (never reached %s): %s", len(v.Lost), lastHop, firstN(s.locate(v.Lost), 10))
+	}
+	if len(g4) > 0 {
+		msg := fmt.Sprintf("%s: %d in-flight .bak files vanished under a running worker (G4: the sidecar must never move a .bak): %s", s.name, len(g4), firstN(g4, 5))
+		if strict {
+			s.t.Error(msg)
+		} else {
+			s.t.Log(msg)
+		}
+	}
+	var incomplete []string
+	for _, n := range s.c.nodes {
+		for _, r := range readLog(n.sidecarLog) {
+			if r.Msg == "fence: quarantine incomplete" {
+				incomplete = append(incomplete, fmt.Sprintf("%s %s: %s", n.id, r.Time.Format("15:04:05.000"), firstLine(r.Err)))
+			}
+		}
+	}
+	if len(incomplete) > 0 {
+		report.addf(s.t, "%s: %d fences logged \"quarantine incomplete\": %s", s.name, len(incomplete), firstN(incomplete, 3))
 	}
 	if s.leakDesc != "" {
 		if strict {
@@ -418,6 +439,12 @@ func logMargin(survivors []*node, since time.Time) (first, last time.Time, ok bo
 
 // ms formats a duration in seconds with millisecond precision.
 func ms(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
+
+// firstLine returns s up to its first newline.
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
 
 // extName names a queue file extension.
 func extName(e fence.Ext) string {

@@ -50,6 +50,10 @@ type workerSpec struct {
 	GID     int  `json:"gid"`
 }
 
+// g4Marker starts the worker's report of a .bak that vanished while the
+// runner had it in flight: something other than the runner moved it.
+const g4Marker = "G4 VIOLATION: in-flight file vanished"
+
 // ledgerLine formats one processed entry: "<queue>/<id> <node> <unix ns>
 // <file base>".
 func ledgerLine(queue, id, node string, at time.Time, base string) string {
@@ -187,6 +191,12 @@ func processOne(ctx context.Context, spec workerSpec, h hop, base string) error 
 		return err
 	}
 	body, err := os.ReadFile(bak)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Mailman logs a failed dequeue and goes on; nobody but the
+		// runner may touch a .bak (G4).
+		fmt.Fprintf(os.Stderr, "%s: %s/%s.bak (before reading it)\n", g4Marker, h.Queue, base)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -214,7 +224,13 @@ func processOne(ctx context.Context, spec workerSpec, h hop, base string) error 
 			return err
 		}
 	}
-	return os.Remove(bak)
+	if err := os.Remove(bak); errors.Is(err, fs.ErrNotExist) {
+		// Mailman's finish() logs this and goes on.
+		fmt.Fprintf(os.Stderr, "%s: %s/%s.bak (at finish; id %s)\n", g4Marker, h.Queue, base, id)
+	} else if err != nil {
+		return err
+	}
+	return nil
 }
 
 // ledgerEntry is one parsed ledger line.
