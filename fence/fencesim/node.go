@@ -175,6 +175,7 @@ func (inc *incarnation) loopScan() {
 		_ = n.Takeover(ctx)
 		_ = n.ClaimsPass(ctx)
 		_ = n.DrainStep(ctx)
+		n.Resettle(ctx)
 	}, func() {
 		sn := inc.node
 		if sn.draining && n.Drain().Done {
