@@ -97,6 +97,8 @@ func mainErr() int {
 	takeoverSurvivors := flag.String("takeover-survivors", "", "override: comma-separated survivor counts of the takeover workload")
 	takeoverTTL := flag.Duration("takeover-ttl", 0, "override: lease TTL of the takeover workload (grace TTL/3, margin TTL/5; 0: as the mode says)")
 	scaleEntries := flag.Int("scale-entries", 0, "override: entries of the scale workload")
+	lagCases := flag.String("lag-cases", "", "override: comma-separated mirror-lag cases as SIZE@RATE, e.g. 4k@100,64k@1000")
+	lagDuration := flag.Duration("lag-duration", 0, "override: how long each mirror-lag case produces entries")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -106,6 +108,10 @@ func mainErr() int {
 		c = quickConfig()
 	}
 	if err := applyOverrides(&c, *takeoverEntries, *takeoverSurvivors, *takeoverTTL, *scaleEntries); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 2
+	}
+	if err := applyLagOverrides(&c, *lagCases, *lagDuration); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
 	}
@@ -294,6 +300,27 @@ func applyOverrides(c *config, entries, survivors string, ttl time.Duration, sca
 	}
 	if scale > 0 {
 		c.scaleEntries = scale
+	}
+	return nil
+}
+
+// applyLagOverrides applies -lag-cases and -lag-duration to c.
+func applyLagOverrides(c *config, cases string, d time.Duration) error {
+	if d > 0 {
+		c.lagDuration = d
+	}
+	if cases == "" {
+		return nil
+	}
+	c.lagCases = nil
+	for _, f := range strings.Split(cases, ",") {
+		size, rate, ok := strings.Cut(strings.TrimSpace(f), "@")
+		kib, err := strconv.Atoi(strings.TrimSuffix(strings.ToLower(size), "k"))
+		r, rerr := strconv.ParseFloat(rate, 64)
+		if !ok || err != nil || rerr != nil || kib <= 0 || r <= 0 {
+			return fmt.Errorf("-lag-cases: %q is not SIZE@RATE (e.g. 4k@100)", f)
+		}
+		c.lagCases = append(c.lagCases, lagCase{kib << 10, r})
 	}
 	return nil
 }
