@@ -93,6 +93,15 @@ func startInproc(ctx context.Context, e *env, o sidecarOpts) (*inprocSidecar, er
 			s.fail(err)
 			return
 		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			n.Run(rctx)
+		}()
+		if err := n.WaitSettled(rctx); err != nil {
+			s.fail(err)
+			return
+		}
 		if err := m.Reconcile(rctx, n.Orphans); err != nil {
 			s.fail(err)
 			return
@@ -102,7 +111,6 @@ func startInproc(ctx context.Context, e *env, o sidecarOpts) (*inprocSidecar, er
 			return
 		}
 		s.ready.Store(true)
-		n.Run(rctx)
 	}()
 	return s, nil
 }

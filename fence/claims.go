@@ -134,9 +134,16 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held m
 		}
 		n.rememberSrcGone(ci.key, ci.etag, c)
 	}
-	// The entry is finished: the claim is a tombstone that keeps the
-	// previous owner from restoring a copy it held while it was away.
+	// The entry is finished: the claim is a tombstone that keeps earlier
+	// holders from restoring a stale copy, and a later takeover of a
+	// leftover copy from starting the tokens again at 1.
 	if !n.mayCollect(c) {
+		return nil
+	}
+	if gone, err := n.ownCopiesGone(ctx, c, target, epoch); err != nil || !gone {
+		return err
+	}
+	if !n.finishedLongEnough(ci.key, ci.etag) {
 		return nil
 	}
 	if err := n.st.Delete(ctx, ci.key); err != nil {
@@ -149,22 +156,74 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held m
 
 func (n *Node) rememberSrcGone(key, etag string, c Claim) {
 	n.mu.Lock()
-	n.claimCache[key] = cachedClaim{etag: etag, claim: c, srcGone: true}
+	cc := n.claimCache[key]
+	if cc.etag != etag {
+		cc = cachedClaim{}
+	}
+	cc.etag, cc.claim, cc.srcGone = etag, c, true
+	n.claimCache[key] = cc
 	n.mu.Unlock()
 }
 
-// mayCollect says whether a finished entry's claim can go: the node it
-// was taken from has come back and settled since (or is this node).
-func (n *Node) mayCollect(c Claim) bool {
-	if c.From == n.cfg.Node {
-		return true
-	}
+// finishedLongEnough records that the claim at key (version etag) is
+// collectable and says whether that was first seen 2 TTL ago or more.
+func (n *Node) finishedLongEnough(key, etag string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	p := n.peers[c.From]
-	if p == nil || !p.known() {
+	cc, ok := n.claimCache[key]
+	if !ok || cc.etag != etag {
 		return false
 	}
-	settled := p.lease.State == StateLive || p.lease.State == StateDraining
-	return settled && p.lease.Epoch > c.FromEpoch && n.clock.Now().Sub(p.readAt) < 2*n.cfg.TTL
+	now := n.clock.Now()
+	if cc.finishedAt.IsZero() {
+		cc.finishedAt = now
+		n.claimCache[key] = cc
+		return false
+	}
+	return now.Sub(cc.finishedAt) >= 2*n.cfg.TTL
+}
+
+// mayCollect says whether a finished entry's claim can go: every node
+// that may hold a stale copy (the claim's source and past holders) has
+// settled under a newer epoch with nothing left unsettled, or finished a
+// drain, so none can restore the entry again.
+func (n *Node) mayCollect(c Claim) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, h := range c.holders() {
+		if h.Node == n.cfg.Node {
+			continue // the owner itself: it holds no copy (checked before)
+		}
+		p := n.peers[h.Node]
+		if p == nil || !p.known() {
+			return false
+		}
+		l := p.lease
+		settled := (l.State == StateLive || l.State == StateDraining) && l.Epoch > h.Epoch && !l.Unsettled
+		drained := l.Drained && l.Epoch >= h.Epoch
+		if !settled && !drained {
+			return false
+		}
+	}
+	return true
+}
+
+// ownCopiesGone says whether this node's namespace has no copy of target
+// left at the claim's epoch or the current one: a copy whose delete is
+// still on its way would be restored by a takeover if the node died, and
+// only the claim keeps that takeover's token above the last one.
+func (n *Node) ownCopiesGone(ctx context.Context, c Claim, target Entry, epoch uint64) (bool, error) {
+	for _, ep := range []uint64{c.Epoch, epoch} {
+		_, err := n.st.Stat(ctx, n.cfg.Layout.MirrorKey(n.cfg.Node, ep, target))
+		switch {
+		case err == nil:
+			return false, nil
+		case !errors.Is(err, store.ErrNotFound):
+			return false, fmt.Errorf("stat own copy: %w", err)
+		}
+		if c.Epoch == epoch {
+			break
+		}
+	}
+	return true, nil
 }

@@ -138,7 +138,8 @@ func (n *Node) handOff(ctx context.Context, e Entry, peers []string, epochs map[
 			// Someone else owns it already: ours was a stale copy.
 			return n.local.Drop(e)
 		}
-		next.Token, next.Transfers, cond = c.Token+1, c.Transfers, store.Condition{IfMatch: etag}
+		next = c.successor(to, epochs[to], n.cfg.Node, ref.Epoch)
+		next.Handoff, cond = true, store.Condition{IfMatch: etag}
 	}
 	lost, err := n.writeClaim(ctx, e, next, cond)
 	if err != nil || lost {
@@ -165,7 +166,8 @@ func (n *Node) rehandOff(ctx context.Context, r MirrorRef, peers []string, epoch
 		return nil
 	}
 	to := pick(r.Entry, peers)
-	next := Claim{Owner: to, Epoch: epochs[to], From: n.cfg.Node, FromEpoch: r.Epoch, Token: c.Token + 1, Transfers: c.Transfers, Handoff: true}
+	next := c.successor(to, epochs[to], n.cfg.Node, r.Epoch)
+	next.Handoff = true
 	_, err = n.writeClaim(ctx, r.Entry, next, store.Condition{IfMatch: etag})
 	return err
 }

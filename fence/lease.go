@@ -13,8 +13,9 @@ import (
 // sidecars were given the same node id.
 var ErrDuplicateNode = errors.New("another process holds this node id")
 
-// Start acquires the node's lease under a new epoch, then settles whatever
-// the hold area keeps, and makes the node live. freshDisk says the local
+// Start acquires the node's lease under a new epoch; the node is then
+// settling: Run settles whatever the hold area keeps (SettleStep) while it
+// renews the lease, and makes the node live. freshDisk says the local
 // queue directories are new (no state marker): the entries of the node's
 // previous epochs are then taken over like a dead peer's. It retries
 // transient store errors until ctx ends.
@@ -38,7 +39,7 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 			return fmt.Errorf("quarantine after takeover: %w", err)
 		}
 	}
-	return n.settle(ctx)
+	return nil
 }
 
 // acquire writes the node's lease under a new epoch. starting says this is
@@ -106,6 +107,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.mu.Lock()
 	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
 	n.unresolved = false
+	clear(n.restored)
 	n.settleDone = false
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.setStateLocked(StateSettling)
@@ -117,8 +119,13 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 
 // Renew writes the lease once, conditionally on the last version this
 // node wrote. While fenced it tries to come back under a new epoch
-// instead, and settles the held entries when it does.
+// instead; SettleStep then settles the held entries. A call made while
+// another is under way (the loop's and StartDrain's) returns at once.
 func (n *Node) Renew(ctx context.Context) error {
+	if !n.renewMu.TryLock() {
+		return nil
+	}
+	defer n.renewMu.Unlock()
 	n.mu.Lock()
 	state, busy := n.state, n.quarantining || n.stopped
 	n.mu.Unlock()
@@ -135,7 +142,7 @@ func (n *Node) Renew(ctx context.Context) error {
 			}
 			return err
 		}
-		return n.settle(ctx)
+		return nil
 	}
 	began := n.clock.Now()
 	n.mu.Lock()
@@ -148,9 +155,14 @@ func (n *Node) Renew(ctx context.Context) error {
 		next, began = n.attempt, n.attemptAt
 	}
 	n.mu.Unlock()
+	drained := n.Drain().Done
+	n.mu.Lock()
+	unsettled := n.unsettled
+	n.mu.Unlock()
 	if !resend {
 		next.Seq++
 		next.State = n.leaseState()
+		next.Unsettled, next.Drained = unsettled, drained
 		next.Wall = time.Now().UTC()
 		next.Nonce = Nonce(n.rnd)
 		n.mu.Lock()

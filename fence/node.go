@@ -68,6 +68,8 @@ type Node struct {
 	// releaseMu lets fence() wait until no release into the queue
 	// directories is half done before it quarantines.
 	releaseMu sync.RWMutex
+	// renewMu serializes lease writes of Renew (the loop and StartDrain).
+	renewMu sync.Mutex
 
 	mu        sync.Mutex
 	state     string
@@ -101,7 +103,9 @@ type Node struct {
 	drainWaiting int
 	inflight     map[Entry]bool
 	claimCache   map[string]cachedClaim
+	restored     map[Entry]uint64 // entries a takeover restored, by epoch
 	settleDone   bool
+	unsettled    bool // held entries of an earlier epoch failed to settle
 }
 
 type cachedClaim struct {
@@ -109,6 +113,10 @@ type cachedClaim struct {
 	claim Claim
 	// srcGone: the copy the claim points at is known to be deleted.
 	srcGone bool
+	// finishedAt is when a claims pass first found the entry finished and
+	// the claim collectable; it goes 2 TTL later, so that a takeover
+	// working from an older listing meets the claim and not its absence.
+	finishedAt time.Time
 }
 
 // New returns a coordinator. It does nothing until Start.
@@ -132,6 +140,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		peers:      make(map[string]*peer),
 		inflight:   make(map[Entry]bool),
 		claimCache: make(map[string]cachedClaim),
+		restored:   make(map[Entry]uint64),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()
@@ -195,9 +204,10 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}
 	}
-	wg.Add(3)
+	wg.Add(4)
 	go loop(n.renewInterval, func(ctx context.Context) { _ = n.Renew(ctx) })
 	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, n.CheckFence)
+	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, func(ctx context.Context) { _ = n.SettleStep(ctx) })
 	go loop(n.scanInterval, func(ctx context.Context) {
 		if err := n.Scan(ctx); err != nil {
 			return

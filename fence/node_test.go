@@ -124,6 +124,9 @@ func (c *cluster) start(id string, local *fencetest.Local, fresh bool) *tnode {
 	if err := n.Start(ctx, fresh); err != nil {
 		c.t.Fatalf("start %s: %v", id, err)
 	}
+	if err := n.SettleStep(ctx); err != nil {
+		c.t.Fatalf("settle %s: %v", id, err)
+	}
 	c.nodes[id] = tn
 	return tn
 }
@@ -141,6 +144,7 @@ func (c *cluster) step(d time.Duration) {
 		}
 		tn.n.CheckFence(ctx)
 		_ = tn.n.Renew(ctx)
+		_ = tn.n.SettleStep(ctx)
 		_ = tn.local.Sync(ctx)
 		if tn.n.Scan(ctx) == nil {
 			_ = tn.n.Takeover(ctx)

@@ -3,6 +3,7 @@ package fence
 import (
 	"encoding/json"
 	"fmt"
+	"sort"
 	"time"
 )
 
@@ -43,6 +44,13 @@ type Lease struct {
 	DeadEpoch uint64 `json:"dead_epoch"`
 	// DeadBy names the peer that declared the node dead.
 	DeadBy string `json:"dead_by,omitempty"`
+	// Unsettled says the node still holds entries from before its current
+	// epoch that it could not settle yet: claims that keep it from
+	// restoring them must stay.
+	Unsettled bool `json:"unsettled,omitempty"`
+	// Drained says the node finished a drain: it holds nothing, so no
+	// claim needs to stay for its sake until it starts a new epoch.
+	Drained bool `json:"drained,omitempty"`
 	// TTLMillis is the holder's lease TTL, for status displays.
 	TTLMillis int64 `json:"ttl_ms"`
 	// Wall is the writer's wall clock, for humans only: no decision uses it.
@@ -68,8 +76,53 @@ type Claim struct {
 	Transfers int `json:"transfers"`
 	// Handoff marks a transfer made by a draining node, not a death.
 	Handoff bool `json:"handoff,omitempty"`
+	// Past lists the earlier owners and sources of the entry, each with
+	// the highest epoch it held the entry at. With From, they are the
+	// nodes that may still hold a stale copy: the claim, a tombstone once
+	// the entry is finished, stays until each of them has settled.
+	Past []Holder `json:"past,omitempty"`
 	// Nonce makes every claim body, and so its ETag, unique.
 	Nonce string `json:"nonce"`
+}
+
+// Holder is a node and the epoch at which it held an entry.
+type Holder struct {
+	// Node is the holder's id.
+	Node string `json:"node"`
+	// Epoch is the highest epoch at which it held the entry.
+	Epoch uint64 `json:"epoch"`
+}
+
+// successor is the claim that moves c's entry to owner at epoch, taken
+// from the copy of from at fromEpoch: the token goes up and the previous
+// owner and source join the past holders.
+func (c Claim) successor(owner string, epoch uint64, from string, fromEpoch uint64) Claim {
+	past := withHolder(append([]Holder(nil), c.Past...), c.From, c.FromEpoch)
+	past = withHolder(past, c.Owner, c.Epoch)
+	return Claim{Owner: owner, Epoch: epoch, From: from, FromEpoch: fromEpoch,
+		Token: c.Token + 1, Transfers: c.Transfers, Past: past}
+}
+
+// holders lists every node that may hold a stale copy of c's entry.
+func (c Claim) holders() []Holder {
+	return withHolder(append([]Holder(nil), c.Past...), c.From, c.FromEpoch)
+}
+
+// withHolder adds node at epoch to past, keeping one row per node with
+// its highest epoch, sorted by node.
+func withHolder(past []Holder, node string, epoch uint64) []Holder {
+	if node == "" {
+		return past
+	}
+	for i := range past {
+		if past[i].Node == node {
+			past[i].Epoch = max(past[i].Epoch, epoch)
+			return past
+		}
+	}
+	past = append(past, Holder{Node: node, Epoch: epoch})
+	sort.Slice(past, func(i, j int) bool { return past[i].Node < past[j].Node })
+	return past
 }
 
 func encode(v any) []byte {
@@ -100,6 +153,11 @@ func DecodeClaim(data []byte) (Claim, error) {
 	}
 	if !ValidName(c.Owner) || !ValidName(c.From) {
 		return Claim{}, fmt.Errorf("decode claim: invalid owner %q or from %q", c.Owner, c.From)
+	}
+	for _, h := range c.Past {
+		if !ValidName(h.Node) {
+			return Claim{}, fmt.Errorf("decode claim: invalid past holder %q", h.Node)
+		}
 	}
 	return c, nil
 }

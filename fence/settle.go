@@ -39,6 +39,38 @@ func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Cond
 	return false, nil
 }
 
+// SettleStep settles the hold area when the node has come back under a
+// new epoch (started, or returned from a fence) and has not settled yet;
+// the node is live when it is done. Run calls it in a loop of its own, so
+// that renewals go on however long settling takes.
+func (n *Node) SettleStep(ctx context.Context) error {
+	n.mu.Lock()
+	due := n.state == StateSettling && !n.settleDone
+	n.mu.Unlock()
+	if !due {
+		return nil
+	}
+	return n.settle(ctx)
+}
+
+// WaitSettled waits until the node has settled its current epoch and is
+// live (or draining), or ctx ends. Run must be running.
+func (n *Node) WaitSettled(ctx context.Context) error {
+	for {
+		n.mu.Lock()
+		ok := n.settleDone && (n.state == StateLive || n.state == StateDraining)
+		n.mu.Unlock()
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for settle: %w", ctx.Err())
+		case <-n.clock.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // settle decides every held entry against the store, then makes the node
 // live: entries a peer claimed are dropped, the others restored. If the
 // node was declared dead since it held them, it re-claims each one first,
@@ -46,14 +78,16 @@ func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Cond
 func (n *Node) settle(ctx context.Context) error {
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
+	failed := false
 	for _, e := range n.local.Held() {
 		err := retry(octx, n.clock, 2*time.Second, func() error { return n.settleOne(octx, e, epoch) })
 		if octx.Err() != nil {
 			return fmt.Errorf("settle: %w", octx.Err())
 		}
 		if err != nil {
-			// Left held, never lost: the next settle tries again, and an
+			// Left held, never lost: Resettle tries again, and an
 			// operator can see it (mmsidecar_held_entries, status).
+			failed = true
 			n.m.settled.WithLabelValues("failed").Inc()
 			n.log.Error("settle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
 		}
@@ -61,7 +95,7 @@ func (n *Node) settle(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.state == StateSettling && n.lease.Epoch == epoch {
-		n.markedDead = false
+		n.unsettled = failed
 		n.settleDone = true
 		n.setStateLocked(StateLive)
 		if n.drain {
@@ -130,19 +164,26 @@ func (n *Node) Resettle(ctx context.Context) {
 	}
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
+	failed := false
 	for _, e := range n.local.Held() {
 		if !n.markInflight(e) {
 			continue
 		}
 		err := n.settleOne(octx, e, epoch)
 		n.clearInflight(e)
-		if err != nil {
-			n.log.Warn("resettle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
-		}
 		if octx.Err() != nil {
 			return
 		}
+		if err != nil {
+			failed = true
+			n.log.Warn("resettle: entry left held", "entry", e.String(), "epoch", epoch, "err", err)
+		}
 	}
+	n.mu.Lock()
+	if n.lease.Epoch == epoch {
+		n.unsettled = failed
+	}
+	n.mu.Unlock()
 }
 
 // release makes a held entry visible to the runners, unless the node

@@ -67,7 +67,16 @@ func (n *Node) Takeover(ctx context.Context) error {
 			}
 		}
 		n.log.Info("takeover round", "from", t.node, "dead_epoch", t.horizon, "entries", len(refs), "mine", len(mine), "live", len(live), "epoch", epoch)
-		if err := n.parallel(octx, mine, func(r MirrorRef) error { return n.takeoverEntry(octx, r, epoch) }); err != nil {
+		// A listing older than a TTL is not trusted: a claim collected
+		// since (2 TTL after its entry finished) would let a stale copy's
+		// entry be claimed afresh. The next round lists again.
+		listed := n.clock.Now()
+		if err := n.parallel(octx, mine, func(r MirrorRef) error {
+			if n.clock.Now().Sub(listed) > n.cfg.TTL {
+				return nil
+			}
+			return n.takeoverEntry(octx, r, epoch)
+		}); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
@@ -161,6 +170,9 @@ func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) err
 	if err != nil || !ok {
 		return err
 	}
+	if c.From != r.Node || c.FromEpoch != r.Epoch {
+		return n.secondCopy(ctx, r, c, epoch)
+	}
 	if err := n.complete(ctx, r.Entry, c, "takeover"); err != nil {
 		return err
 	}
@@ -187,7 +199,9 @@ func (n *Node) claimFor(ctx context.Context, r MirrorRef, epoch uint64) (Claim, 
 			return Claim{}, false, err
 		}
 		if !found {
-			continue
+			// The claim that beat ours was collected meanwhile: the
+			// entry is finished.
+			return Claim{}, false, nil
 		}
 		n.mu.Lock()
 		horizon := n.horizonLocked(c.Owner)
@@ -198,9 +212,9 @@ func (n *Node) claimFor(ctx context.Context, r MirrorRef, epoch uint64) (Claim, 
 		if c.Owner != n.cfg.Node && c.Epoch > horizon {
 			return Claim{}, false, nil
 		}
-		next := Claim{Owner: n.cfg.Node, Epoch: epoch, From: r.Node, FromEpoch: r.Epoch, Token: c.Token + 1, Transfers: c.Transfers + 1}
-		if c.Owner == n.cfg.Node {
-			next.Transfers = c.Transfers
+		next := c.successor(n.cfg.Node, epoch, r.Node, r.Epoch)
+		if c.Owner != n.cfg.Node {
+			next.Transfers++
 		}
 		lost, err = n.writeClaim(ctx, e, next, store.Condition{IfMatch: etag})
 		if err != nil {
@@ -249,10 +263,54 @@ func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string) error
 	if err := n.release(ctx, target); err != nil {
 		return err
 	}
+	n.mu.Lock()
+	n.restored[e] = c.Epoch
+	n.mu.Unlock()
 	if err := retry(ctx, n.clock, time.Second, func() error { return n.st.Delete(ctx, src) }); err != nil {
 		return fmt.Errorf("delete old copy: %w", err)
 	}
 	n.m.takeovers.WithLabelValues(how).Inc()
 	n.log.Info("restored", "entry", target.String(), "from", c.From, "epoch", c.Epoch, "token", c.Token, "how", how)
 	return nil
+}
+
+// secondCopy handles r, a copy of an entry that this node already claimed
+// at epoch from another copy: its node had mirrored it again under a
+// later epoch (after a settle) and died before the older copy was deleted.
+// If this node restored the entry, r is a duplicate and goes; if the
+// claimed copy is still there, that one is restored first and r waits for
+// the next round; if neither, r is the entry's only copy and the claim is
+// pointed at it.
+func (n *Node) secondCopy(ctx context.Context, r MirrorRef, c Claim, epoch uint64) error {
+	e := r.Entry
+	target := n.restoredAs(e, c)
+	n.mu.Lock()
+	done := n.restored[e] == epoch
+	n.mu.Unlock()
+	key := n.cfg.Layout.MirrorKey(r.Node, r.Epoch, e)
+	if done || n.local.Has(target) || n.local.Has(e) {
+		if err := retry(ctx, n.clock, time.Second, func() error { return n.st.Delete(ctx, key) }); err != nil {
+			return fmt.Errorf("delete second copy: %w", err)
+		}
+		n.log.Info("second copy of a restored entry deleted", "entry", e.String(), "from", r.Node, "from_epoch", r.Epoch, "epoch", epoch, "token", c.Token)
+		return nil
+	}
+	_, err := n.st.Stat(ctx, n.cfg.Layout.MirrorKey(c.From, c.FromEpoch, e))
+	switch {
+	case err == nil:
+		return n.complete(ctx, e, c, "takeover")
+	case !errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("stat claimed copy: %w", err)
+	}
+	cur, etag, found, err := n.readClaim(ctx, e)
+	if err != nil || !found || cur.Owner != n.cfg.Node || cur.Epoch != epoch {
+		return err
+	}
+	next := cur.successor(n.cfg.Node, epoch, r.Node, r.Epoch)
+	lost, err := n.writeClaim(ctx, e, next, store.Condition{IfMatch: etag})
+	if err != nil || lost {
+		return err
+	}
+	n.log.Info("claimed", "entry", e.String(), "from", r.Node, "from_epoch", r.Epoch, "epoch", epoch, "token", next.Token)
+	return n.complete(ctx, e, next, "takeover")
 }

@@ -290,15 +290,17 @@ func (m *Mirror) putHeld(ctx context.Context, e fence.Entry, key string, epoch u
 // Release implements fence.Local: it mirrors the held entry e, gives it
 // Mailman's owner and mode 0660 and renames it into its queue directory
 // (as <base>.pck, or <base>.psv for a preserved entry). The mirror knows
-// the file is mirrored and does not upload it again.
+// the file is mirrored and does not upload it again. An entry that is
+// already visible (a resumed takeover, or one in flight since before a
+// fence) is left where it is, once it has a copy under this node's current
+// namespace: the caller deletes the copy it came from next.
 func (m *Mirror) Release(ctx context.Context, e fence.Entry) error {
 	if err := validEntry(e); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
 	m.mu.Lock()
-	if st := m.index[e]; st != nil && st.where != locHeld && st.where != locNone && st.durable != "" {
-		m.mu.Unlock()
-		return nil // released before (a resumed takeover): nothing to do
+	if st := m.index[e]; st != nil && st.where != locHeld && st.where != locNone {
+		return m.awaitOwnCopyLocked(ctx, e) // unlocks
 	}
 	m.mu.Unlock()
 	if _, err := m.Mirror(ctx, e); err != nil {
@@ -424,4 +426,39 @@ func (m *Mirror) Counts() fence.Counts {
 		}
 	}
 	return c
+}
+
+// awaitOwnCopyLocked waits until the visible entry e has a copy at an
+// epoch that is still this node's, uploading it if needed, or until
+// Mailman has finished it. It is called with m.mu held and releases it.
+func (m *Mirror) awaitOwnCopyLocked(ctx context.Context, e fence.Entry) error {
+	m.mu.Unlock()
+	for {
+		g := m.gate() // never with m.mu held
+		if !g.Writable {
+			return fmt.Errorf("release %s: %w", e, ErrGateClosed)
+		}
+		m.mu.Lock()
+		st := m.index[e]
+		switch {
+		case st == nil || st.where == locNone || st.gone:
+			m.mu.Unlock()
+			return nil // finished meanwhile: nothing left to keep
+		case st.where == locHeld:
+			m.mu.Unlock()
+			return fmt.Errorf("release %s: held again meanwhile: %w", e, ErrNotHeld)
+		case hasOwnCopy(st, g) && st.up == nil:
+			m.mu.Unlock()
+			return nil
+		case st.up == nil:
+			m.requestUploadLocked(st)
+		}
+		ch := m.progress
+		m.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("release %s: %w", e, ctx.Err())
+		}
+	}
 }

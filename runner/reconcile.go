@@ -44,10 +44,19 @@ func (m *Mirror) Reconcile(ctx context.Context, orphans func(context.Context, []
 		}
 	}
 	for e, cs := range copies {
-		if st := m.index[e]; st != nil && (st.where != locNone || st.up != nil || st.delQueued) {
-			continue
+		st := m.index[e]
+		if st != nil && st.where != locNone {
+			continue // reconcileEntryLocked kept one copy and cleans the rest
 		}
+		current := m.cfg.Layout.MirrorKey(m.cfg.Node, g.Epoch, e)
 		for _, c := range cs {
+			// A finished entry whose delete is queued, or whose upload
+			// is running, has that one copy in hand; any other copy
+			// (say of an epoch before a settle re-mirrored it) is an
+			// orphan like the copies of entries this node never saw.
+			if st != nil && (st.delQueued && c.key == st.durable || st.up != nil && (c.key == st.durable || c.key == current)) {
+				continue
+			}
 			candidates = append(candidates, c.ref)
 		}
 	}

@@ -205,12 +205,24 @@ main() {
 	local test_started=$SECONDS test_rc=0 vet_rc=0
 	go test -race -tags e2e -p 1 -timeout 80m "${GO_TEST_ARGS[@]}" 2>&1 | tee "${LOG_FILE}" || test_rc=$?
 	local test_secs=$((SECONDS - test_started))
+	local sim_rc=0 sim_line="not run (packages given)"
+	if [[ ${#GO_TEST_ARGS[@]} -eq 1 && "${GO_TEST_ARGS[0]}" == ./... ]]; then
+		# The race run above gives the simulator 500 seeds (the race
+		# detector slows it tenfold); the full budget runs without it.
+		log "go test ./fence/fencesim -run ^TestSim\$ -seeds 5000"
+		local sim_log="${LOG_FILE%.log}-sim.log"
+		go test -count=1 -timeout 10m ./fence/fencesim -run '^TestSim$' -seeds 5000 -v >"${sim_log}" 2>&1 || sim_rc=$?
+		grep -vE '^=== RUN' "${sim_log}" | tail -n 40
+		cat "${sim_log}" >>"${LOG_FILE}"
+		sim_line="$([[ ${sim_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${sim_rc})"); $(grep -oE '[0-9]+ seeds in [^;]*' "${sim_log}" | tail -n 1)"
+	fi
 	log "go vet -tags e2e ${PKG_ARGS[*]}"
 	go vet -tags e2e "${PKG_ARGS[@]}" 2>&1 | tee -a "${LOG_FILE}" || vet_rc=$?
 
 	echo
 	echo "==================== mmsidecar test summary ===================="
 	echo "go test:  $([[ ${test_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${test_rc})")  in ${test_secs}s"
+	echo "simulator (5,000 seeds, no -race): ${sim_line}"
 	echo "go vet:   $([[ ${vet_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${vet_rc})")"
 	echo "packages: $(grep -cE '^ok[[:space:]]' "${LOG_FILE}" || true) ok, $(grep -cE '^FAIL[[:space:]]' "${LOG_FILE}" || true) failed, $(grep -cE '^\?[[:space:]]' "${LOG_FILE}" || true) without tests"
 	# Only when go test failed: passing tests may echo a child's "--- FAIL"
@@ -227,7 +239,7 @@ main() {
 	echo "log:      ${LOG_FILE}"
 	echo "total:    $((SECONDS - started))s"
 	echo "================================================================"
-	[[ ${test_rc} -eq 0 && ${vet_rc} -eq 0 ]]
+	[[ ${test_rc} -eq 0 && ${vet_rc} -eq 0 && ${sim_rc} -eq 0 ]]
 }
 
 main "$@"

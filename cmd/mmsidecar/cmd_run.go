@@ -173,13 +173,25 @@ func (d *daemon) run(drainCtx, abortCtx context.Context) error {
 	g.Add(d.http.Actor())
 	g.Add(func() error { return d.mirror.Run(workCtx) }, func(error) { stopWork() })
 	g.Add(func() error {
-		if err := d.start(workCtx, fresh); err != nil {
+		if d.node == nil {
+			if err := d.start(workCtx, fresh, nil); err != nil {
+				return err
+			}
+			return d.pingStore(workCtx)
+		}
+		if err := d.node.Start(workCtx, fresh); err != nil {
 			return err
 		}
-		if d.node != nil {
-			return d.node.Run(workCtx)
+		// The node renews its lease and settles the hold area in Run;
+		// the first reconcile waits until it has settled.
+		ran := make(chan error, 1)
+		go func() { ran <- d.node.Run(workCtx) }()
+		if err := d.start(workCtx, fresh, d.node.WaitSettled); err != nil {
+			stopWork()
+			<-ran
+			return err
 		}
-		return d.pingStore(workCtx)
+		return <-ran
 	}, func(error) { stopWork() })
 	// The first signal shuts down in order while the mirror and the node
 	// still run: flush uploads, then fence. Only then stop the rest.
@@ -202,12 +214,12 @@ func (d *daemon) run(drainCtx, abortCtx context.Context) error {
 	return err
 }
 
-// start acquires the lease (cluster mode), settles the hold area and runs
-// the first reconcile, which makes the sidecar ready.
-func (d *daemon) start(ctx context.Context, fresh bool) error {
+// start waits until the node (cluster mode, started) has settled the hold
+// area, then runs the first reconcile, which makes the sidecar ready.
+func (d *daemon) start(ctx context.Context, fresh bool, settled func(context.Context) error) error {
 	orphans := func(ctx context.Context, refs []fence.MirrorRef) ([]fence.MirrorRef, error) { return refs, nil }
 	if d.node != nil {
-		if err := d.node.Start(ctx, fresh); err != nil {
+		if err := settled(ctx); err != nil {
 			return err
 		}
 		orphans = d.node.Orphans

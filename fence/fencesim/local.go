@@ -114,10 +114,6 @@ func (v *localView) Release(ctx context.Context, e fence.Entry) error {
 	_, inQueue := d.files[e]
 	data, isHeld := d.held[e]
 	if inQueue && !isHeld {
-		if v.inc.w.opt.LazyRelease && d.keys[e] != "" {
-			// As fencetest.Local and runner.Mirror do: already released.
-			return nil
-		}
 		// Already in the queue directory (say in flight as .bak after a
 		// takeover of this node's own old epoch): the caller deletes the
 		// old copy next, so the entry must be mirrored at this epoch.

@@ -40,6 +40,7 @@ type simNode struct {
 
 	pauseAll     time.Duration // whole node paused until
 	pauseSidecar time.Duration // sidecar alone paused until
+	pausedSince  time.Duration // when the latest pause of the sidecar began
 	// retired: stopped for good (crashed without restart, or drained).
 	retired  bool
 	draining bool
@@ -125,6 +126,7 @@ func (sn *simNode) startSidecar(fresh, withMailman bool) {
 		sn.freshDisk = false
 		w.tracef(sn.idx, evNote, "sidecar started")
 		inc.loopRenew()
+		inc.loopSettle()
 		inc.loopWatchdog()
 		inc.loopScan()
 		inc.loopSync()
@@ -148,6 +150,15 @@ func (inc *incarnation) loopRenew() {
 			d /= 3
 		}
 		inc.node.at(inc.w.now+inc.node.every(d), classSidecar, inc.loopRenew)
+	})
+}
+
+func (inc *incarnation) loopSettle() {
+	if inc.dead {
+		return
+	}
+	inc.spawn("settle", func(ctx context.Context) { _ = inc.n.SettleStep(ctx) }, func() {
+		inc.node.at(inc.w.now+inc.node.every(inc.w.sc.watchdog), classSidecar, inc.loopSettle)
 	})
 }
 

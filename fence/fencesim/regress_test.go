@@ -43,24 +43,38 @@ var regressions = []struct {
 	{name: "stale-bak-recovered", seed: 71},
 	{name: "stale-bak-recovered-2", seed: 145},
 	{name: "stale-bak-mirrored", seed: 68},
-	// Open: a claim is collected while a node that held the entry was
-	// declared dead and has not come back; it restores the finished
-	// entry with a fresh claim (G3).
-	{name: "claim-collected-before-holder-returns", seed: 25898, open: true},
-	// Open: the owner collects the claim of a finished entry while its
-	// own copy is still in the store; it dies, and a peer restores the
-	// finished entry from that copy (G3).
-	{name: "claim-collected-before-own-copy-deleted", seed: 78, open: true},
-	// Open (Local contract): an entry in flight (.bak) when its node was
-	// fenced and declared dead is won back by that node's takeover of its
-	// own old epoch. Stage is a no-op (the file is there), Release returns
-	// at once for an entry already queued (fencetest.Local and
-	// runner.Mirror do; LazyRelease models it), and complete() deletes the
-	// old copy: the entry has no copy in the store until Mailman finishes
-	// it (G1). Passes once complete() mirrors the entry itself, or
-	// Release's contract requires a copy at the current epoch (then this
-	// row and LazyRelease go).
-	{name: "queued-entry-taken-over-loses-its-copy", seed: 6667, opt: Options{LazyRelease: true}, open: true},
+	// A claim was collected while a node that held the entry was
+	// declared dead and had not come back; it restored the finished
+	// entry with a fresh claim (G3). Fixed in claims.go: a claim lists
+	// every past holder and goes only when each has settled under a
+	// newer epoch (or drained).
+	{name: "claim-collected-before-holder-returns", seed: 25898},
+	// The owner collected the claim of a finished entry while its own
+	// copy was still in the store; it died, and a peer restored the
+	// finished entry from that copy (G3). Fixed: the owner's copies must
+	// be gone first.
+	{name: "claim-collected-before-own-copy-deleted", seed: 78},
+	// A takeover's claim lost to a claim that was collected before the
+	// loser read it; the loser retried with a fresh claim (G3). Fixed in
+	// takeover.go (a vanished claim means a finished entry) and
+	// claims.go (a claim goes 2 TTL after its entry was seen finished;
+	// takeovers do not trust listings older than a TTL).
+	{name: "claim-collected-under-a-racing-takeover", seed: 7440},
+	{name: "claim-collected-under-a-racing-takeover-2", seed: 924},
+	// A node settled an entry under a new epoch and died again before its
+	// old copy was deleted; a survivor restored the entry from the old
+	// copy, and its takeover of the new copy found its own claim pointing
+	// elsewhere and left that copy for good; the claim was collected and
+	// the copy claimed afresh (G3). Fixed in takeover.go (secondCopy).
+	{name: "second-copy-of-a-restored-entry", seed: 25157},
+	{name: "second-copy-of-a-restored-entry-2", seed: 20077},
+	// An entry in flight (.bak) when its node was fenced and declared
+	// dead is won back by that node's takeover of its own old epoch.
+	// Stage is a no-op (the file is there) and Release returned at once
+	// for an entry already queued, so complete() deleted the only copy
+	// (G1). Fixed in the Local contract: Release of an entry already
+	// visible makes sure it has a copy at the node's current epoch.
+	{name: "queued-entry-taken-over-loses-its-copy", seed: 6667},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.

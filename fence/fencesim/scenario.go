@@ -95,10 +95,6 @@ type Options struct {
 	// NoRecovery turns off Mailman's .bak recovery when a whole node
 	// restarts on its old disk.
 	NoRecovery bool
-	// LazyRelease makes Release of an entry already in the queue
-	// directory return at once when a copy is known, without mirroring it
-	// at the current epoch (what fencetest.Local and runner.Mirror do).
-	LazyRelease bool
 	// AbandonDrain: a drain ends when the draining node's sidecar
 	// restarts (nobody issues it again).
 	AbandonDrain bool

@@ -13,20 +13,19 @@ import (
 
 var (
 	flagSeed       = flag.Int64("seed", -1, "replay this one seed and print its report")
-	flagSeeds      = flag.Int("seeds", 5000, "how many seeds TestSim runs")
+	flagSeeds      = flag.Int("seeds", defaultSeeds, "how many seeds TestSim runs (default 5000, 500 under -race)")
 	flagFirst      = flag.Uint64("first", 1, "first seed of the budget")
 	flagSoak       = flag.Duration("soak", 0, "run seeds until this much time has passed (overrides -seeds)")
 	flagTrace      = flag.Int("trace", 50, "trace events printed with a violation")
 	flagMaxFail    = flag.Int("maxfail", 0, "stop after this many violating seeds (0: run the whole budget)")
 	flagBeyond     = flag.Float64("beyond", 0, "share of seeds with a fault beyond the timing model (0: default 0.2, <0: none)")
 	flagDump       = flag.String("dump", "", "with -seed: write the whole trace to this file")
-	flagLazy       = flag.Bool("lazyrelease", false, "Release of an entry already queued does not mirror it again (as the runner does)")
 	flagAbandon    = flag.Bool("abandondrain", false, "a drain ends when the draining node's sidecar restarts")
 	flagNoRecovery = flag.Bool("norecovery", false, "no Mailman .bak recovery when a whole node restarts on its disk")
 )
 
 func options() Options {
-	return Options{Beyond: *flagBeyond, NoRecovery: *flagNoRecovery, AbandonDrain: *flagAbandon, LazyRelease: *flagLazy, Trace: *flagTrace}
+	return Options{Beyond: *flagBeyond, NoRecovery: *flagNoRecovery, AbandonDrain: *flagAbandon, Trace: *flagTrace}
 }
 
 // summary aggregates many runs.

@@ -277,20 +277,32 @@ func (w *world) apply(f fault) {
 		if sn.retired || !sn.mailmanUp || sn.inc == nil {
 			return
 		}
+		// A crash during a pause of the sidecar extends it: the sidecar
+		// has not acted since the pause began.
+		since := f.at
+		if max(sn.pauseAll, sn.pauseSidecar) > f.at {
+			since = min(since, sn.pausedSince)
+		}
 		sn.crash(false, false, f.dur)
 		inc0 := sn.incs
-		w.at(f.at+limit, func() {
+		w.at(max(since+limit, f.at), func() {
 			inc := sn.inc
 			if sn.mailmanUp && (inc == nil || sn.incs == inc0 || !inc.started && w.starting(inc)) {
-				w.goneBeyond(f.at+limit, fmt.Sprintf("%s's sidecar down longer than margin+grace while its runners run", sn.id))
+				w.goneBeyond(max(since+limit, f.at), fmt.Sprintf("%s's sidecar down longer than margin+grace while its runners run", sn.id))
 			}
 		})
 	case fPause:
+		if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
+			sn.pausedSince = f.at
+		}
 		sn.pauseAll = max(sn.pauseAll, f.at+f.dur)
 		if f.dur > limit {
 			w.goneBeyond(f.at+limit, fmt.Sprintf("%s paused %v > margin+grace %v", sn.id, f.dur, limit))
 		}
 	case fPauseSidecar:
+		if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
+			sn.pausedSince = f.at
+		}
 		sn.pauseSidecar = max(sn.pauseSidecar, f.at+f.dur)
 		if f.dur > limit && sn.mailmanUp {
 			w.goneBeyond(f.at+limit, fmt.Sprintf("%s's sidecar paused %v > margin+grace %v", sn.id, f.dur, limit))

@@ -244,7 +244,10 @@ func (l *Local) Release(ctx context.Context, e fence.Entry) error {
 	_, isHeld := l.held[e]
 	l.mu.Unlock()
 	if visible && !isHeld {
-		return nil
+		// Already in its queue directory: it needs a copy at an epoch
+		// of this node's, since the caller deletes the old one next.
+		_, err := l.Mirror(ctx, e)
+		return err
 	}
 	if !isHeld {
 		return fmt.Errorf("release %s: not held", e)
