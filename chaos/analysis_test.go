@@ -46,6 +46,8 @@ func TestAnalyze(t *testing.T) {
 		allowed     int
 		violations  int
 		staleDups   int
+		unmirrored  int
+		faultAt     int
 		unknown     int
 		byTwoNodes  int
 		faultToDone time.Duration
@@ -66,6 +68,12 @@ func TestAnalyze(t *testing.T) {
 		{name: "stale copy", injected: []string{"m1"},
 			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
 			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, staleDups: 3, byTwoNodes: 3},
+		{name: "finish not yet mirrored at the kill", injected: []string{"m1"}, faultAt: 1,
+			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
+			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, allowed: 3, unmirrored: 3, byTwoNodes: 3, faultToDone: 11 * time.Second},
+		{name: "finished long before the kill", injected: []string{"m1"}, faultAt: 9,
+			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
+			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, staleDups: 3, byTwoNodes: 3, faultToDone: 3 * time.Second},
 		{name: "unknown message", injected: []string{"m1"}, ledger: cat(full("m1", "a", 0), full("zz", "a", 0)), complete: 1, unknown: 3},
 		{name: "fault to done", injected: []string{"m1"}, ledger: full("m1", "a", 100), complete: 1, faultToDone: 52 * time.Second},
 	}
@@ -75,10 +83,13 @@ func TestAnalyze(t *testing.T) {
 			if tc.faultToDone > 0 {
 				fault = at(50)
 			}
+			if tc.faultAt > 0 {
+				fault = at(tc.faultAt)
+			}
 			v := analyze(tc.name, tc.injected, tc.ledger, tc.inFlight, tc.stale, fault)
 			if v.Complete != tc.complete || strings.Join(v.Lost, ",") != strings.Join(tc.lost, ",") ||
 				v.Dups != tc.dups || v.AllowedDups != tc.allowed || len(v.Violations) != tc.violations ||
-				len(v.Stale) != tc.staleDups || len(v.Unknown) != tc.unknown || v.ByTwoNodes != tc.byTwoNodes ||
+				len(v.Stale) != tc.staleDups || v.Unmirrored != tc.unmirrored || len(v.Unknown) != tc.unknown || v.ByTwoNodes != tc.byTwoNodes ||
 				v.FaultToDone != tc.faultToDone {
 				t.Errorf("got complete %d lost %v dups %d allowed %d violations %v stale %v unknown %v by2 %d done %v",
 					v.Complete, v.Lost, v.Dups, v.AllowedDups, v.Violations, v.Stale, v.Unknown, v.ByTwoNodes, v.FaultToDone)
