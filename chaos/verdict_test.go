@@ -84,14 +84,22 @@ func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[
 		}
 	}
 	staleFrom := make(map[string]int)
-	recent := make(map[string]bool) // finished within the window before the kill
+	firstRun := make(map[string]time.Time) // the original run of that hop
 	for _, e := range ledger {
 		if staleAtKill[e.Queue+"/"+e.Base] {
-			if i, ok := staleFrom[e.ID]; !ok || hopIndex(e.Queue) < i {
-				staleFrom[e.ID] = hopIndex(e.Queue)
-				recent[e.ID] = !faultAt.IsZero() && !e.At.After(faultAt) && faultAt.Sub(e.At) <= unmirroredWindow
+			i, ok := staleFrom[e.ID]
+			switch {
+			case !ok || hopIndex(e.Queue) < i:
+				staleFrom[e.ID], firstRun[e.ID] = hopIndex(e.Queue), e.At
+			case hopIndex(e.Queue) == i && e.At.Before(firstRun[e.ID]):
+				firstRun[e.ID] = e.At
 			}
 		}
+	}
+	// finished within the window before the kill
+	recent := func(id string) bool {
+		at := firstRun[id]
+		return !faultAt.IsZero() && !at.After(faultAt) && faultAt.Sub(at) <= unmirroredWindow
 	}
 	runs := make(map[hopID][]ledgerEntry)
 	var last time.Time
@@ -143,7 +151,7 @@ func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[
 		}
 		d := fmt.Sprintf("%s run %d times: %s", k, len(rs), strings.Join(desc, ", "))
 		if sf, ok := staleFrom[id]; ok && hopIndex(q) >= sf && len(rs) == 2 {
-			if recent[id] {
+			if recent(id) {
 				v.AllowedDups++
 				v.Unmirrored++
 				continue

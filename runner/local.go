@@ -38,112 +38,6 @@ func validEntry(e fence.Entry) error {
 	return nil
 }
 
-// holdLocked moves st's Mailman-visible .pck (or .psv) into the hold
-// area. It reports false, with no error, if the file is not there (a
-// runner renamed it to .bak first: in flight).
-func (m *Mirror) holdLocked(st *entryState) (bool, error) {
-	return m.holdFileLocked(st, st.e.FileName())
-}
-
-// holdFileLocked moves the file name of st's queue directory into the
-// hold area as st's entry (a .bak is held as its .pck).
-func (m *Mirror) holdFileLocked(st *entryState, name string) (bool, error) {
-	e := st.e
-	qdir := m.queueDir(e.Queue)
-	src := filepath.Join(qdir, name)
-	hdir := filepath.Join(m.holdDir, e.Queue)
-	if err := m.fs.MkdirAll(hdir, 0o750); err != nil {
-		return false, fmt.Errorf("hold %s: %w", e, err)
-	}
-	dst := filepath.Join(hdir, e.FileName())
-	if _, err := m.fs.Lstat(dst); err == nil {
-		return false, fmt.Errorf("hold %s: %w", e, fs.ErrExist)
-	}
-	if err := m.fs.Rename(src, dst); err != nil {
-		if isNotExist(err) {
-			return false, nil
-		}
-		return false, fmt.Errorf("hold %s: %w", e, err)
-	}
-	if err := m.fs.SyncDir(hdir); err != nil {
-		m.log.Warn("fsync hold directory", "queue", e.Queue, "err", err)
-	}
-	if err := m.fs.SyncDir(qdir); err != nil {
-		m.log.Warn("fsync queue directory", "queue", e.Queue, "err", err)
-	}
-	if fi, err := m.fs.Lstat(dst); err == nil {
-		st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()
-	}
-	if st.gone {
-		st.gone, st.delQueued = false, false
-	}
-	m.setWhereLocked(st, locHeld)
-	m.cancelUploadLocked(st)
-	m.log.Debug("entry held", "queue", e.Queue, "entry", e.FileName(), "mirrored", st.durable != "")
-	return true, nil
-}
-
-// Quarantine implements fence.Local: it moves Mailman-visible .pck files
-// into the hold area, only those the store may know (a durable copy, or an
-// upload past the gate); a .pck that a runner renames to .bak first is in
-// flight and left alone. With all true — only at start-up, after the node
-// was declared dead while it was down and before Mailman's runners start,
-// so that nothing can be in flight — it moves every entry: .pck, .bak
-// (held as its .pck: Mailman's recovery would re-run it, but a peer may
-// have taken it over) and .psv.
-func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error) {
-	var moved []fence.Entry
-	var errs []error
-	for _, q := range m.watchedQueues() {
-		names, err := m.fs.ReadDir(m.queueDir(q))
-		if err != nil {
-			if !isNotExist(err) {
-				errs = append(errs, fmt.Errorf("quarantine: list %s: %w", q, err))
-			}
-			continue
-		}
-		for _, name := range names {
-			if err := ctx.Err(); err != nil {
-				return moved, fmt.Errorf("quarantine: %w", err)
-			}
-			base, ext, ok := fence.ParseFileName(name)
-			if !ok || ext != fence.ExtPck && !all {
-				continue
-			}
-			if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), name)); err != nil || !fi.Regular() {
-				continue // gone, or a symlink or directory: not an entry
-			}
-			if ext == fence.ExtBak {
-				if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), base+".pck")); err == nil && fi.Regular() {
-					continue // both: Mailman's recovery is mid-way; the .pck is held
-				}
-			}
-			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindOfExt(ext)}
-			m.mu.Lock()
-			st := m.index[e]
-			known := st != nil && (st.durable != "" || st.up != nil && st.up.started)
-			if all || known {
-				if st == nil {
-					st = m.entryLocked(e)
-				}
-				ok, err := m.holdFileLocked(st, name)
-				switch {
-				case err != nil:
-					errs = append(errs, fmt.Errorf("quarantine: %w", err))
-				case ok:
-					moved = append(moved, e)
-				}
-				m.forgetLocked(st)
-			}
-			m.mu.Unlock()
-		}
-	}
-	if len(moved) > 0 {
-		m.log.Warn("quarantined entries", "count", len(moved), "all", all)
-	}
-	return moved, errors.Join(errs...)
-}
-
 // Held implements fence.Local: the entries in the hold area, by queue and
 // name.
 func (m *Mirror) Held() []fence.Entry {
@@ -172,41 +66,60 @@ func (m *Mirror) Stage(e fence.Entry, data []byte) error {
 	if err := validEntry(e); err != nil {
 		return fmt.Errorf("stage: %w", err)
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if l, _, err := m.locate(e); err != nil {
-		return fmt.Errorf("stage %s: %w", e, err)
-	} else if l != locNone {
-		m.log.Debug("stage: entry already here", "queue", e.Queue, "entry", e.FileName(), "where", l.String())
-		return nil
+	here := func() (bool, error) {
+		l, _, err := m.locate(e)
+		if err != nil {
+			return false, fmt.Errorf("stage %s: %w", e, err)
+		}
+		if l != locNone {
+			m.log.Debug("stage: entry already here", "queue", e.Queue, "entry", e.FileName(), "where", l.String())
+		}
+		return l != locNone, nil
 	}
+	m.mu.Lock()
+	found, err := here()
+	m.mu.Unlock()
+	if err != nil || found {
+		return err
+	}
+	// The file is written and synced without the mirror's lock, so that
+	// parallel takeovers overlap their disk writes.
 	dir := filepath.Join(m.holdDir, e.Queue)
 	if err := m.fs.MkdirAll(dir, 0o750); err != nil {
 		return fmt.Errorf("stage %s: %w", e, err)
 	}
-	tmp := "." + e.Base + tmpSuffix
-	if err := m.fs.Remove(filepath.Join(dir, tmp)); err != nil && !isNotExist(err) {
+	tmp := filepath.Join(dir, "."+e.Base+tmpSuffix)
+	if err := m.fs.Remove(tmp); err != nil && !isNotExist(err) {
 		return fmt.Errorf("stage %s: remove old temp file: %w", e, err)
 	}
-	if err := m.fs.WriteTemp(dir, tmp, data, m.cfg.UID, m.cfg.GID, fileMode); err != nil {
+	if err := m.fs.WriteTemp(dir, filepath.Base(tmp), data, m.cfg.UID, m.cfg.GID, fileMode); err != nil {
 		return fmt.Errorf("stage %s: %w", e, err)
+	}
+	m.mu.Lock()
+	if found, err := here(); err != nil || found {
+		m.mu.Unlock()
+		m.fs.Remove(tmp)
+		return err
 	}
 	dst := filepath.Join(dir, e.FileName())
-	if err := m.fs.Rename(filepath.Join(dir, tmp), dst); err != nil {
-		m.fs.Remove(filepath.Join(dir, tmp))
+	if err := m.fs.Rename(tmp, dst); err != nil {
+		m.mu.Unlock()
+		m.fs.Remove(tmp)
 		return fmt.Errorf("stage %s: %w", e, err)
-	}
-	if err := m.fs.SyncDir(dir); err != nil {
-		return fmt.Errorf("stage %s: fsync hold directory: %w", e, err)
 	}
 	fi, err := m.fs.Lstat(dst)
 	if err != nil {
+		m.mu.Unlock()
 		return fmt.Errorf("stage %s: %w", e, err)
 	}
 	st := m.entryLocked(e)
 	st.gone, st.delQueued = false, false
 	st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()
 	m.setWhereLocked(st, locHeld)
+	m.mu.Unlock()
+	if err := m.dirSync.Sync(dir); err != nil {
+		return fmt.Errorf("stage %s: fsync hold directory: %w", e, err)
+	}
 	return nil
 }
 
@@ -306,6 +219,21 @@ func (m *Mirror) Release(ctx context.Context, e fence.Entry) error {
 	if _, err := m.Mirror(ctx, e); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
+	if err := m.releaseRename(ctx, e); err != nil {
+		return err
+	}
+	// Durable once both directories are synced, with group commit: the
+	// renames of parallel takeovers share their fsyncs.
+	for _, dir := range []string{m.queueDir(e.Queue), filepath.Join(m.holdDir, e.Queue)} {
+		if err := m.dirSync.Sync(dir); err != nil {
+			m.log.Warn("fsync directory", "queue", e.Queue, "dir", dir, "err", err)
+		}
+	}
+	return nil
+}
+
+// releaseRename moves the held entry e into its queue directory.
+func (m *Mirror) releaseRename(ctx context.Context, e fence.Entry) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.index[e]
@@ -343,12 +271,6 @@ func (m *Mirror) Release(ctx context.Context, e fence.Entry) error {
 	}
 	if err := m.fs.Rename(src, dst); err != nil {
 		return fmt.Errorf("release %s: %w", e, err)
-	}
-	if err := m.fs.SyncDir(qdir); err != nil {
-		m.log.Warn("fsync queue directory", "queue", e.Queue, "err", err)
-	}
-	if err := m.fs.SyncDir(filepath.Dir(src)); err != nil {
-		m.log.Warn("fsync hold directory", "queue", e.Queue, "err", err)
 	}
 	if fi, err := m.fs.Lstat(dst); err == nil {
 		st.seen, st.seenCtime = versionOf(fi), fi.Ctime.UnixNano()

@@ -83,6 +83,7 @@ type Mirror struct {
 	rand    fence.Rand
 	holdDir string
 	ignored *nameSet
+	dirSync *dirSyncer
 
 	ready atomic.Bool
 
@@ -142,7 +143,7 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 		cfg.Rand = fence.NewSystemRand()
 	}
 	mr := &Mirror{
-		cfg: cfg, st: st, fs: fsys, clock: clock, gate: gate, met: m,
+		cfg: cfg, st: st, fs: fsys, clock: clock, gate: gate, met: m, dirSync: newDirSyncer(fsys.SyncDir),
 		log:        log.With("node", cfg.Node),
 		rand:       cfg.Rand,
 		holdDir:    filepath.Join(cfg.StateDir, "hold"),
