@@ -42,6 +42,10 @@ func (m *Mirror) holdFileLocked(st *entryState, name string) (bool, error) {
 	if err := m.fs.MkdirAll(hdir, 0o750); err != nil {
 		return false, fmt.Errorf("hold %s: %w", e, err)
 	}
+	if _, err := m.fs.Lstat(src); isNotExist(err) {
+		// Held by the watcher meanwhile, or renamed to .bak: in flight.
+		return false, nil
+	}
 	dst := filepath.Join(hdir, e.FileName())
 	if _, err := m.fs.Lstat(dst); err == nil {
 		return false, fmt.Errorf("hold %s: %w", e, fs.ErrExist)
