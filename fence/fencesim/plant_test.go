@@ -52,6 +52,15 @@ var mutations = []mutation{
 		want: "G2",
 	},
 	{
+		// A finished entry's claim is collected while a node that held a
+		// copy has not settled since: it comes back and claims afresh.
+		name: "claim-gc-ignores-past-holders",
+		file: "fence/claims.go",
+		old:  "if !n.mayCollect(c) {",
+		new:  "if false && !n.mayCollect(c) {",
+		want: "G3",
+	},
+	{
 		// An entry moved too often is restored as .pck instead of being
 		// preserved in bad.
 		name: "no-transfer-bound",
