@@ -1,7 +1,7 @@
 // Command mmsidecar mirrors GNU Mailman's queue directories into an
 // S3-compatible store and coordinates several Mailman nodes through it.
 //
-//	mmsidecar <run|status|check|drain|version> [flags]
+//	mmsidecar <run|status|check|drain|health|version> [flags]
 //
 // Configuration comes from MMSIDECAR_* environment variables, listed with
 // their defaults in .env.example. Exit codes: 0 ok, 2 configuration or
@@ -40,6 +40,7 @@ func commands() []command {
 		{"status", "show what the store holds: leases, entries per node and queue", runStatus},
 		{"check", "validate the configuration, reach the store and probe its conditional writes", runCheck},
 		{"drain", "hand this node's unstarted backlog to the other nodes, then exit", runDrain},
+		{"health", "exit 0 when the local daemon is ready (for container health checks)", runHealth},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }
