@@ -111,6 +111,18 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held m
 		}
 		return nil
 	}
+	n.mu.Lock()
+	restored := n.restored[e] == c.Epoch && c.Epoch == epoch
+	n.mu.Unlock()
+	if restored && !ownCopy && !cached.srcGone {
+		// Restored by this node in this epoch and finished since; only
+		// the delete of the old copy did not happen: never restore twice.
+		if err := n.st.Delete(ctx, src); err != nil {
+			return fmt.Errorf("delete old copy: %w", err)
+		}
+		n.rememberSrcGone(ci.key, ci.etag, c)
+		cached.srcGone = true
+	}
 	if !ownCopy && !cached.srcGone {
 		_, err := n.st.Stat(ctx, src)
 		switch {
