@@ -166,7 +166,14 @@ func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) err
 	}
 	defer n.clearInflight(r.Entry)
 	began := n.clock.Now()
-	c, ok, err := n.claimFor(ctx, r, epoch)
+	var c Claim
+	var ok bool
+	// A claim whose answer was lost is recognised by the next attempt
+	// (412, and the stored claim is ours): retry at once, not next round.
+	err := retry(ctx, n.clock, time.Second, func() (err error) {
+		c, ok, err = n.claimFor(ctx, r, epoch)
+		return err
+	})
 	if err != nil || !ok {
 		return err
 	}

@@ -331,7 +331,9 @@ func (d *disk) sync(ctx context.Context, inc *incarnation) {
 			todo = append(todo, e)
 		}
 	}
+	// Oldest first, as the runner's upload queue is in order of arrival.
 	sortEntries(todo)
+	sort.SliceStable(todo, func(i, j int) bool { return d.since[todo[i]] < d.since[todo[j]] })
 	for _, e := range todo {
 		f := d.files[e]
 		if f == nil || !d.unconfirmed(e) {
