@@ -72,12 +72,15 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 			return err
 		}
 		n.mu.Lock()
-		ours := old.Nonce != "" && (old.Nonce == n.lease.Nonce || old.Nonce == n.attempt.Nonce)
+		ours := old.Nonce != "" && n.written[old.Nonce]
+		// A late commit of an older attempt can carry an older epoch:
+		// never reuse one.
+		prevEpoch := max(n.lease.Epoch, n.attempt.Epoch)
 		n.mu.Unlock()
 		if !starting && !ours && old.State != StateDead {
 			return ErrDuplicateNode
 		}
-		next = Lease{Epoch: old.Epoch + 1, DeadEpoch: old.DeadEpoch}
+		next = Lease{Epoch: max(old.Epoch, prevEpoch) + 1, DeadEpoch: old.DeadEpoch}
 		switch {
 		case old.State == StateDead:
 			next.DeadEpoch = max(old.DeadEpoch, old.Epoch)
@@ -98,6 +101,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	// the next try recognises the stored lease as ours and still knows
 	// that the node was taken over.
 	n.attempt, n.attemptAt = next, began
+	n.rememberLocked(next.Nonce)
 	n.markedDead = n.markedDead || markedDead
 	n.mu.Unlock()
 	put, err := store.PutBytes(ctx, n.st, key, encode(next), cond)
@@ -167,6 +171,7 @@ func (n *Node) Renew(ctx context.Context) error {
 		next.Nonce = Nonce(n.rnd)
 		n.mu.Lock()
 		n.attempt, n.attemptAt = next, began
+		n.rememberLocked(next.Nonce)
 		n.mu.Unlock()
 	}
 	rctx, cancel := context.WithTimeout(ctx, n.renewEvery())
@@ -210,6 +215,20 @@ func (n *Node) Renew(ctx context.Context) error {
 		n.m.renewals.WithLabelValues("error").Inc()
 		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)
 		return err
+	}
+}
+
+// writtenMax bounds the nonces remembered: at one renewal per TTL/3,
+// more than an hour of them by default.
+const writtenMax = 1024
+
+// rememberLocked records the nonce of a lease write attempt.
+func (n *Node) rememberLocked(nonce string) {
+	n.written[nonce] = true
+	n.writtenRing = append(n.writtenRing, nonce)
+	if len(n.writtenRing) > writtenMax {
+		delete(n.written, n.writtenRing[0])
+		n.writtenRing = n.writtenRing[1:]
 	}
 }
 

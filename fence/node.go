@@ -78,6 +78,12 @@ type Node struct {
 	renewedAt time.Time // start of the last successful lease write
 	attempt   Lease     // the lease body of the last lease write attempt
 	attemptAt time.Time // when that attempt started
+	// written holds the nonces of the node's recent lease write attempts
+	// (acknowledged or not, up to writtenMax): a store can commit a write
+	// whose answer failed, even much later (MinIO after a lost write
+	// quorum), and the node must still recognise that lease as its own.
+	written     map[string]bool
+	writtenRing []string
 	// unresolved: the last renewal failed without an answer and may have
 	// committed; the next renewal re-sends the same body, so that a 412
 	// caused by it is recognised by its nonce.
@@ -140,6 +146,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		peers:      make(map[string]*peer),
 		inflight:   make(map[Entry]bool),
 		claimCache: make(map[string]cachedClaim),
+		written:    make(map[string]bool),
 		restored:   make(map[Entry]uint64),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())

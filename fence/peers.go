@@ -55,8 +55,9 @@ func (n *Node) Peers() []PeerView {
 
 // Scan lists the leases once, updates each peer's silence and declares
 // dead every peer silent for TTL + grace. Silence only accrues between
-// this node's own successful scans, and by at most two scan intervals per
-// gap: when the store is away for everyone, nobody's silence is evidence.
+// this node's own successful scans, while its own lease renewals succeed,
+// and by at most two scan intervals per gap: when the store is away (or
+// read-only) for everyone, nobody's silence is evidence.
 func (n *Node) Scan(ctx context.Context) error {
 	type listed struct{ node, etag string }
 	var leases []listed
@@ -72,7 +73,11 @@ func (n *Node) Scan(ctx context.Context) error {
 	now := n.clock.Now()
 	n.mu.Lock()
 	var gap time.Duration
-	if !n.lastScan.IsZero() {
+	// Silence is evidence only while this node's own writes work: when
+	// the store answers reads but refuses writes (a MinIO cluster that
+	// lost write quorum), every lease goes silent at once.
+	writing := (n.state == StateLive || n.state == StateDraining) && now.Sub(n.renewedAt) <= 2*n.renewEvery()
+	if !n.lastScan.IsZero() && writing {
 		gap = min(now.Sub(n.lastScan), 2*n.renewEvery())
 	}
 	n.lastScan = now

@@ -57,6 +57,10 @@ type entryState struct {
 	durable  string
 	durEpoch uint64
 	durVer   version
+	// maybe lists keys of uploads that failed but may have committed (a
+	// timeout, a 5xx, a store that lost write quorum): deleted once the
+	// entry is finished or has a copy elsewhere, so none is left behind.
+	maybe []string
 	// up is the queued or running upload.
 	up *upload
 	// again asks for another upload once up is done (the file changed).

@@ -334,6 +334,12 @@ func (m *Mirror) settleGoneLocked(st *entryState) {
 	if st.up != nil {
 		return
 	}
+	for _, k := range st.maybe {
+		if k != st.durable {
+			m.queueDeleteLocked(delFinished, k, st.e, st.goneBarrier)
+		}
+	}
+	st.maybe = nil
 	if st.durable != "" {
 		if !st.delQueued {
 			st.delQueued = true

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -295,4 +296,49 @@ func TestChurnConverges(t *testing.T) {
 	live := h.liveKeys(1)
 	t.Logf("%d entries live at the end, %d uploads", len(live), int(testutil.ToFloat64(h.met.Uploads)))
 	h.waitKeys(live...)
+}
+
+// lossyStore commits every Put but answers it with a transient error while
+// lossy is set: the answer was lost (a timeout, a store that committed a
+// write it reported failed).
+type lossyStore struct {
+	store.Store
+	lossy atomic.Bool
+	lost  atomic.Int64
+}
+
+func (l *lossyStore) Put(ctx context.Context, key string, body io.Reader, size int64, cond store.Condition) (store.Info, error) {
+	info, err := l.Store.Put(ctx, key, body, size, cond)
+	if err == nil && l.lossy.Load() {
+		l.lost.Add(1)
+		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindTransient, Code: "RequestTimeout", Err: fmt.Errorf("answer lost")}
+	}
+	return info, err
+}
+
+// TestFailedUploadThatCommittedIsDeleted: an upload whose answer is lost
+// may have committed; if the entry finishes before a retry succeeds, that
+// copy must still go, or a later takeover of the node re-runs the entry.
+func TestFailedUploadThatCommittedIsDeleted(t *testing.T) {
+	var ls *lossyStore
+	h := newHarness(t, withStore(func(s store.Store) store.Store {
+		ls = &lossyStore{Store: s}
+		return ls
+	}))
+	ls.lossy.Store(true)
+	e := h.enqueue("in", "committed but unanswered")
+	waitFor(t, "a lost upload answer", func() bool { return ls.lost.Load() > 0 })
+	if err := os.Remove(h.path(e, "pck")); err != nil { // Mailman finished it
+		t.Fatal(err)
+	}
+	ls.lossy.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	waitFor(t, "the copy of the finished entry deleted", func() bool {
+		_, err := h.st.Stat(ctx, h.key(1, e))
+		return errors.Is(err, store.ErrNotFound)
+	})
+	if err := h.m.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -63,6 +64,12 @@ func (m *Mirror) finishUploadLocked(u *upload, key string, epoch uint64, v versi
 		if old != "" && old != key {
 			m.queueDeleteLocked(delCleanup, old, st.e, 0)
 		}
+		for _, k := range st.maybe {
+			if k != key && k != old {
+				m.queueDeleteLocked(delCleanup, k, st.e, 0)
+			}
+		}
+		st.maybe = nil
 	}
 	if st.up == u {
 		st.up = nil
@@ -169,6 +176,11 @@ func (m *Mirror) putOnce(ctx context.Context, u *upload, g fence.Gate) (retry bo
 	m.mu.Unlock()
 	_, err = m.st.Put(ctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{})
 	if err != nil {
+		m.mu.Lock()
+		if !slices.Contains(u.st.maybe, key) {
+			u.st.maybe = append(u.st.maybe, key)
+		}
+		m.mu.Unlock()
 		if ctx.Err() != nil {
 			return true
 		}
