@@ -74,6 +74,20 @@ func TestAnalyze(t *testing.T) {
 		{name: "finish not yet mirrored, re-run listed first", injected: []string{"m1"}, faultAt: 1,
 			ledger: cat([]ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}, full("m1", "a", 0)),
 			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, allowed: 3, unmirrored: 3, byTwoNodes: 3, faultToDone: 11 * time.Second},
+		{name: "two unmirrored finishes of one message: later hops run three times", injected: []string{"m1"}, faultAt: 3,
+			// in and pipeline finished on a, both copies left; in re-runs on
+			// b (new pipeline, new out), pipeline re-runs on c (new out).
+			ledger: cat(full("m1", "a", 0), []ledgerEntry{
+				hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y"),
+				hopRun("pipeline", "m1", "c", 10, "2.0+m1pi"), hopRun("out", "m1", "c", 11, "9.2+z")}),
+			stale:    map[string]bool{"in/1.0+m1in": true, "pipeline/2.0+m1pi": true},
+			complete: 1, dups: 5, allowed: 5, unmirrored: 5, byTwoNodes: 3, faultToDone: 9 * time.Second},
+		{name: "one unmirrored finish does not cover a third run", injected: []string{"m1"}, faultAt: 3,
+			ledger: cat(full("m1", "a", 0), []ledgerEntry{
+				hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y"),
+				hopRun("out", "m1", "c", 11, "9.2+z")}),
+			stale:    map[string]bool{"in/1.0+m1in": true},
+			complete: 1, dups: 4, allowed: 2, unmirrored: 2, violations: 1, byTwoNodes: 3, faultToDone: 9 * time.Second},
 		{name: "finished long before the kill", injected: []string{"m1"}, faultAt: 9,
 			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
 			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, staleDups: 3, byTwoNodes: 3, faultToDone: 3 * time.Second},

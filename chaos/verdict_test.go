@@ -75,31 +75,52 @@ func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[
 	for _, id := range injected {
 		known[id] = true
 	}
-	// earliest in-flight hop per message
-	allowFrom := make(map[string]int)
+	// Per message, the hops whose entry was in flight at the kill, and
+	// the hops whose entry had finished but still had a copy (with the
+	// time of that original run). Each such entry may run once more, and
+	// so may every later hop of the message: the allowance of a hop is the
+	// number of those entries at that hop or before it.
+	inFlightHops := make(map[string][]int)
 	for k := range inFlight {
 		q, id, _ := strings.Cut(k, "/")
-		if i, ok := allowFrom[id]; !ok || hopIndex(q) < i {
-			allowFrom[id] = hopIndex(q)
-		}
+		inFlightHops[id] = append(inFlightHops[id], hopIndex(q))
 	}
-	staleFrom := make(map[string]int)
-	firstRun := make(map[string]time.Time) // the original run of that hop
+	type staleHop struct {
+		hop int
+		at  time.Time
+	}
+	staleHops := make(map[string]map[string]staleHop) // id -> base -> hop
 	for _, e := range ledger {
-		if staleAtKill[e.Queue+"/"+e.Base] {
-			i, ok := staleFrom[e.ID]
-			switch {
-			case !ok || hopIndex(e.Queue) < i:
-				staleFrom[e.ID], firstRun[e.ID] = hopIndex(e.Queue), e.At
-			case hopIndex(e.Queue) == i && e.At.Before(firstRun[e.ID]):
-				firstRun[e.ID] = e.At
-			}
+		if !staleAtKill[e.Queue+"/"+e.Base] {
+			continue
+		}
+		if staleHops[e.ID] == nil {
+			staleHops[e.ID] = make(map[string]staleHop)
+		}
+		if sh, ok := staleHops[e.ID][e.Base]; !ok || e.At.Before(sh.at) {
+			staleHops[e.ID][e.Base] = staleHop{hopIndex(e.Queue), e.At}
 		}
 	}
 	// finished within the window before the kill
-	recent := func(id string) bool {
-		at := firstRun[id]
+	recent := func(at time.Time) bool {
 		return !faultAt.IsZero() && !at.After(faultAt) && faultAt.Sub(at) <= unmirroredWindow
+	}
+	allowance := func(id string, hop int) (inflight, fresh, old int) {
+		for _, h := range inFlightHops[id] {
+			if h <= hop {
+				inflight++
+			}
+		}
+		for _, sh := range staleHops[id] {
+			switch {
+			case sh.hop > hop:
+			case recent(sh.at):
+				fresh++
+			default:
+				old++
+			}
+		}
+		return
 	}
 	runs := make(map[hopID][]ledgerEntry)
 	var last time.Time
@@ -144,22 +165,18 @@ func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[
 			v.ByTwoNodes++
 		}
 		q, id, _ := strings.Cut(k, "/")
-		from, ok := allowFrom[id]
-		if ok && hopIndex(q) >= from && len(rs) == 2 {
-			v.AllowedDups++
-			continue
-		}
+		extra := len(rs) - 1
+		inflight, fresh, old := allowance(id, hopIndex(q))
 		d := fmt.Sprintf("%s run %d times: %s", k, len(rs), strings.Join(desc, ", "))
-		if sf, ok := staleFrom[id]; ok && hopIndex(q) >= sf && len(rs) == 2 {
-			if recent(id) {
-				v.AllowedDups++
-				v.Unmirrored++
-				continue
-			}
+		switch {
+		case extra <= inflight+fresh:
+			v.AllowedDups += extra
+			v.Unmirrored += max(extra-inflight, 0)
+		case extra <= inflight+fresh+old:
 			v.Stale = append(v.Stale, d)
-			continue
+		default:
+			v.Violations = append(v.Violations, d)
 		}
-		v.Violations = append(v.Violations, d)
 	}
 	sort.Strings(v.Lost)
 	return v

@@ -39,6 +39,32 @@ func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Cond
 	return false, nil
 }
 
+// deadCopies lists the copies of the held entries that lie in this node's
+// own epochs up to its DeadEpoch, when it was declared dead.
+func (n *Node) deadCopies(ctx context.Context, held []Entry) (map[Entry][]string, error) {
+	n.mu.Lock()
+	markedDead, deadEpoch := n.markedDead, n.lease.DeadEpoch
+	n.mu.Unlock()
+	if !markedDead || deadEpoch == 0 || len(held) == 0 {
+		return nil, nil
+	}
+	want := make(map[Entry]bool, len(held))
+	for _, e := range held {
+		want[e] = true
+	}
+	refs, err := n.listNamespace(ctx, n.cfg.Node, 0, deadEpoch)
+	if err != nil {
+		return nil, fmt.Errorf("settle: %w", err)
+	}
+	out := make(map[Entry][]string)
+	for _, r := range refs {
+		if want[r.Entry] {
+			out[r.Entry] = append(out[r.Entry], n.cfg.Layout.MirrorKey(r.Node, r.Epoch, r.Entry))
+		}
+	}
+	return out, nil
+}
+
 // SettleStep settles the hold area when the node has come back under a
 // new epoch (started, or returned from a fence) and has not settled yet;
 // the node is live when it is done. Run calls it in a loop of its own, so
@@ -78,11 +104,31 @@ func (n *Node) WaitSettled(ctx context.Context) error {
 func (n *Node) settle(ctx context.Context) error {
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
+	held := n.local.Held()
+	// Copies of held entries in this node's own dead epochs: once an
+	// entry is restored under a new claim they go, or the node's own
+	// takeover of those epochs would restore it a second time later.
+	old, err := n.deadCopies(octx, held)
+	if err != nil {
+		return err
+	}
 	failed := false
-	for _, e := range n.local.Held() {
+	for _, e := range held {
 		err := retry(octx, n.clock, 2*time.Second, func() error { return n.settleOne(octx, e, epoch) })
 		if octx.Err() != nil {
 			return fmt.Errorf("settle: %w", octx.Err())
+		}
+		if err == nil && len(old[e]) > 0 {
+			n.mu.Lock()
+			restored := n.restored[e] == epoch
+			n.mu.Unlock()
+			if restored {
+				if derr := n.st.DeleteMany(octx, old[e]); derr != nil {
+					// The takeover of the dead epochs finds them, and
+					// knows the entry was restored in this epoch.
+					n.log.Warn("settle: old copies not deleted", "entry", e.String(), "epoch", epoch, "err", derr)
+				}
+			}
 		}
 		if err != nil {
 			// Left held, never lost: Resettle tries again, and an
@@ -144,6 +190,13 @@ func (n *Node) settleOne(ctx context.Context, e Entry, epoch uint64) error {
 		}
 		if err := n.release(ctx, e); err != nil {
 			return err
+		}
+		if found || markedDead {
+			// Under a claim: a takeover of this node's own old epochs
+			// must not restore the entry a second time from its old copy.
+			n.mu.Lock()
+			n.restored[e] = epoch
+			n.mu.Unlock()
 		}
 		n.m.settled.WithLabelValues("restored").Inc()
 		n.log.Info("settle: entry restored", "entry", e.String(), "epoch", epoch, "token", c.Token)

@@ -177,7 +177,10 @@ func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) err
 	if err != nil || !ok {
 		return err
 	}
-	if c.From != r.Node || c.FromEpoch != r.Epoch {
+	n.mu.Lock()
+	done := n.restored[r.Entry] == epoch
+	n.mu.Unlock()
+	if done || c.From != r.Node || c.FromEpoch != r.Epoch {
 		return n.secondCopy(ctx, r, c, epoch)
 	}
 	if err := n.complete(ctx, r.Entry, c, "takeover"); err != nil {

@@ -23,7 +23,7 @@ import (
 
 // Defaults for the zero values of Config.
 const (
-	DefaultUploadConcurrency = 8
+	DefaultUploadConcurrency = 16
 	DefaultRescanInterval    = 60 * time.Second
 	DefaultDeleteBatchDelay  = 200 * time.Millisecond
 )

@@ -122,7 +122,7 @@ type Config struct {
 	// preserved in bad as .psv.
 	MaxTransfers int `env:"MMSIDECAR_MAX_TRANSFERS, default=3"`
 	// UploadConcurrency is the number of concurrent store writes.
-	UploadConcurrency int `env:"MMSIDECAR_UPLOAD_CONCURRENCY, default=8"`
+	UploadConcurrency int `env:"MMSIDECAR_UPLOAD_CONCURRENCY, default=16"`
 	// AllowUnsafeStore runs even when the start-up probe finds the store
 	// unsafe.
 	AllowUnsafeStore bool `env:"MMSIDECAR_ALLOW_UNSAFE_STORE, default=false"`

@@ -134,7 +134,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		ShutdownTimeout:   10 * time.Second,
 		DrainTimeout:      10 * time.Minute,
 		MaxTransfers:      3,
-		UploadConcurrency: 8,
+		UploadConcurrency: 16,
 		ListenAddr:        "127.0.0.1:9464",
 		LogLevel:          "info",
 		LogFormat:         "text",
