@@ -105,33 +105,83 @@ func (m *Mirror) unwantedLocked(it *delItem, g fence.Gate) bool {
 	}
 }
 
-// runDeletes deletes batch, retrying with backoff until it succeeds; it
-// reports false if ctx ended first.
+// runDeletes deletes batch in one request. If that fails, the batch
+// moves to the retry lane (retryWorker) and the worker goes on with the
+// next one. It reports false if ctx ended.
 func (m *Mirror) runDeletes(ctx context.Context, batch []*delItem) bool {
 	keys := make([]string, len(batch))
 	for i, it := range batch {
 		keys[i] = it.key
 	}
-	bo := backoff{r: m.rand}
-	for {
-		err := m.st.DeleteMany(ctx, keys)
-		if err == nil {
-			break
-		}
+	if err := m.st.DeleteMany(ctx, keys); err != nil {
 		if ctx.Err() != nil {
 			return false
 		}
 		code := store.CodeOf(err)
 		m.met.DeleteErrors.WithLabelValues(code).Inc()
-		m.log.Warn("delete failed; retrying", "keys", len(keys), "first", keys[0], "code", code, "err", err)
-		if !m.sleep(ctx, bo.next()) {
-			return false
-		}
+		m.log.Warn("delete failed; retrying each key on its own", "keys", len(keys), "first", keys[0], "code", code, "err", err)
+		m.mu.Lock()
+		m.delRetry = append(m.delRetry, batch...)
+		m.mu.Unlock()
+		signal(m.retryWake)
+		return true
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.met.Deletes.Add(float64(len(batch)))
+	m.deletedLocked(batch)
 	m.log.Debug("deleted copies of finished entries", "count", len(batch), "first", keys[0])
+	return true
+}
+
+// retryWorker retries failed deletes one key at a time, with backoff
+// after a pass in which any failed, until each succeeds or ctx ends.
+func (m *Mirror) retryWorker(ctx context.Context) {
+	bo := backoff{r: m.rand}
+	for {
+		m.mu.Lock()
+		items := m.delRetry
+		m.delRetry = nil
+		m.mu.Unlock()
+		if len(items) == 0 {
+			select {
+			case <-m.retryWake:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		var failed []*delItem
+		var lastErr error
+		for _, it := range items {
+			if err := m.st.DeleteMany(ctx, []string{it.key}); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				m.met.DeleteErrors.WithLabelValues(store.CodeOf(err)).Inc()
+				failed, lastErr = append(failed, it), err
+				continue
+			}
+			m.mu.Lock()
+			m.deletedLocked([]*delItem{it})
+			m.mu.Unlock()
+		}
+		if len(failed) == 0 {
+			bo = backoff{r: m.rand}
+			continue
+		}
+		m.log.Warn("deletes failed; retrying", "keys", len(failed), "first", failed[0].key, "code", store.CodeOf(lastErr), "err", lastErr)
+		m.mu.Lock()
+		m.delRetry = append(failed, m.delRetry...)
+		m.mu.Unlock()
+		if !m.sleep(ctx, bo.next()) {
+			return
+		}
+	}
+}
+
+// deletedLocked records that the copies of batch are deleted.
+func (m *Mirror) deletedLocked(batch []*delItem) {
+	m.met.Deletes.Add(float64(len(batch)))
 	for _, it := range batch {
 		m.dels.done(it.seq)
 		cur := m.index[it.e]
@@ -150,5 +200,4 @@ func (m *Mirror) runDeletes(ctx context.Context, batch []*delItem) bool {
 	}
 	m.met.DeletesPending.Set(float64(m.dels.pending()))
 	m.notifyLocked()
-	return true
 }

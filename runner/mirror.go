@@ -98,8 +98,13 @@ type Mirror struct {
 	delQueue   []*delItem
 	progress   chan struct{} // closed and replaced whenever work completes
 
-	upWake    chan struct{}
-	delWake   chan struct{}
+	upWake  chan struct{}
+	delWake chan struct{}
+	// delRetry holds deletes whose batch failed: retried one by one on
+	// their own, so that a key the store keeps locked (a MinIO server
+	// killed mid-operation) holds up no other delete.
+	delRetry  []*delItem
+	retryWake chan struct{}
 	scanWake  chan string // queue names that need a rescan
 	sweepWake chan struct{}
 	// rescanWake asks for a full rescan.
@@ -155,6 +160,7 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 		progress:   make(chan struct{}),
 		upWake:     make(chan struct{}, 1),
 		delWake:    make(chan struct{}, 1),
+		retryWake:  make(chan struct{}, 1),
 		scanWake:   make(chan string, 64),
 		sweepWake:  make(chan struct{}, 1),
 		rescanWake: make(chan struct{}, 1),
@@ -323,6 +329,8 @@ func (m *Mirror) Run(ctx context.Context) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); m.deleteWorker(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); m.retryWorker(ctx) }()
 	defer wg.Wait()
 
 	m.rescan("start")

@@ -342,3 +342,74 @@ func TestFailedUploadThatCommittedIsDeleted(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// stuckStore times out every delete that includes one key, as MinIO does
+// for an object whose lock a killed server held.
+type stuckStore struct {
+	store.Store
+	mu    sync.Mutex
+	stuck string
+}
+
+func (s *stuckStore) DeleteMany(ctx context.Context, keys []string) error {
+	s.mu.Lock()
+	stuck := s.stuck
+	s.mu.Unlock()
+	for _, k := range keys {
+		if k == stuck {
+			return &store.OpError{Op: "delete_many", Key: k, Kind: store.KindTransient, Code: "timeout", Err: fmt.Errorf("no answer")}
+		}
+	}
+	return s.Store.DeleteMany(ctx, keys)
+}
+
+// TestStuckDeleteHoldsUpNoOther: one key the store will not delete must
+// not keep the copies of other finished entries in the store.
+func TestStuckDeleteHoldsUpNoOther(t *testing.T) {
+	var ss *stuckStore
+	h := newHarness(t, withStore(func(s store.Store) store.Store {
+		ss = &stuckStore{Store: s}
+		return ss
+	}))
+	stuck := h.enqueue("in", "stuck")
+	h.waitKeys(h.key(1, stuck))
+	ss.mu.Lock()
+	ss.stuck = h.key(1, stuck)
+	ss.mu.Unlock()
+	if err := os.Remove(h.path(stuck, "pck")); err != nil {
+		t.Fatal(err)
+	}
+	var others []fence.Entry
+	for i := 0; i < 10; i++ {
+		others = append(others, h.enqueue("in", fmt.Sprintf("other %d", i)))
+	}
+	want := []string{h.key(1, stuck)}
+	for _, e := range others {
+		want = append(want, h.key(1, e))
+	}
+	h.waitKeys(want...)
+	for _, e := range others {
+		if err := os.Remove(h.path(e, "pck")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	waitFor(t, "the other copies deleted while one key is stuck", func() bool {
+		for _, e := range others {
+			if _, err := h.st.Stat(ctx, h.key(1, e)); !errors.Is(err, store.ErrNotFound) {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := h.st.Stat(ctx, h.key(1, stuck)); err != nil {
+		t.Fatalf("the stuck copy: %v, want it still there", err)
+	}
+	ss.mu.Lock()
+	ss.stuck = ""
+	ss.mu.Unlock()
+	waitFor(t, "the stuck copy deleted once the store lets it go", func() bool {
+		_, err := h.st.Stat(ctx, h.key(1, stuck))
+		return errors.Is(err, store.ErrNotFound)
+	})
+}
