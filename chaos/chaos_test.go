@@ -73,19 +73,9 @@ func testKillNode(t *testing.T, m *storetest.MinIO) {
 		victim.id, queued, len(s.inFlight), unmirrored, atKill, len(s.staleAtKill))
 
 	// Takeover: the victim's namespace empties into the survivors.
-	err = waitFor(deadline, 100*time.Millisecond, func() (bool, string) {
-		cp, err := s.c.copies(s.ctx)
-		return err == nil && cp[victim.id] == 0, fmt.Sprint("copies ", cp, " err ", err)
-	})
-	if err != nil {
-		t.Fatalf("takeover of %s: %v", victim.id, err)
-	}
-	tookOver := time.Since(s.faultAt)
-	dead := logTimes(survivors, "declared peer dead", s.faultAt)
-	first, last, ok := logMargin(survivors, s.faultAt)
-	if ok && len(dead) > 0 {
+	if tt := s.awaitTakeover(victim, survivors); tt.ok {
 		report.addf(t, "1-kill-node: takeover of %d copies: kill->declared dead %s, kill->first claimed %s (fence-to-takeover: a killed node would have fenced itself by kill + TTL - margin = %s), kill->last restored %s, kill->namespace empty %s",
-			atKill, ms(dead[0].Sub(s.faultAt)), ms(first.Sub(s.faultAt)), ms(leaseTTL-leaseMargin), ms(last.Sub(s.faultAt)), ms(tookOver))
+			atKill, ms(tt.dead), ms(tt.first), ms(leaseTTL-leaseMargin), ms(tt.last), ms(tt.empty))
 	} else {
 		t.Errorf("no survivor logged \"declared peer dead\" and \"claimed\" after the kill")
 	}
@@ -272,4 +262,32 @@ func steadyCost(t *testing.T, nodes []*node, from, to map[string]metricSet, v ve
 	}
 	report.addf(t, "store requests per entry hop (scenario 2, whole run incl. lease renewals and scans, %d entry hops): %.2f (%s); keys deleted per entry hop %.2f, %.1f keys per delete_many",
 		entries, total/float64(entries), strings.Join(parts, ", "), deleted/float64(entries), deleted/max(ops["delete_many"], 1))
+}
+
+// takeoverTimes are the moments of a takeover, from the fault on.
+type takeoverTimes struct {
+	dead, first, last, empty time.Duration
+	// ok: a survivor logged both the death and a claim.
+	ok bool
+}
+
+// awaitTakeover waits until victim's namespace is empty and reads from the
+// survivors' logs when they declared it dead, first claimed and last
+// restored one of its entries.
+func (s *scenario) awaitTakeover(victim *node, survivors []*node) takeoverTimes {
+	s.t.Helper()
+	err := waitFor(deadline, 100*time.Millisecond, func() (bool, string) {
+		cp, err := s.c.copies(s.ctx)
+		return err == nil && cp[victim.id] == 0, fmt.Sprint("copies ", cp, " err ", err)
+	})
+	if err != nil {
+		s.t.Fatalf("takeover of %s: %v", victim.id, err)
+	}
+	tt := takeoverTimes{empty: time.Since(s.faultAt)}
+	dead := logTimes(survivors, "declared peer dead", s.faultAt)
+	first, last, ok := logMargin(survivors, s.faultAt)
+	if ok && len(dead) > 0 {
+		tt.dead, tt.first, tt.last, tt.ok = dead[0].Sub(s.faultAt), first.Sub(s.faultAt), last.Sub(s.faultAt), true
+	}
+	return tt
 }

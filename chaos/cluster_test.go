@@ -18,7 +18,6 @@ import (
 	"github.com/mmsidecar/mmsidecar/runner/runnertest"
 	"github.com/mmsidecar/mmsidecar/store"
 	"github.com/mmsidecar/mmsidecar/store/s3store"
-	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // The node's queues: entries hop in -> pipeline -> out and finish in out.
@@ -52,10 +51,18 @@ type clusterOptions struct {
 	Proxy bool
 }
 
-// cluster is one scenario's nodes on a fresh bucket of the shared MinIO.
+// storeServer is what a cluster needs of the store it runs against: a
+// MinIO server (*storetest.MinIO) or a distributed MinIO over TLS
+// (*storetest.Cluster).
+type storeServer interface {
+	NewBucket(t testing.TB) string
+	Config(bucket string) s3store.Config
+}
+
+// cluster is one scenario's nodes on a fresh bucket of the store server.
 type cluster struct {
 	t      *testing.T
-	minio  *storetest.MinIO
+	server storeServer
 	bucket string
 	st     store.Store
 	layout fence.Layout
@@ -84,7 +91,7 @@ type node struct {
 	proxy      *proxy // nil unless clusterOptions.Proxy
 }
 
-func newCluster(t *testing.T, m *storetest.MinIO, opt clusterOptions) *cluster {
+func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {
 	t.Helper()
 	if opt.Nodes == 0 {
 		opt.Nodes = 3
@@ -98,7 +105,7 @@ func newCluster(t *testing.T, m *storetest.MinIO, opt clusterOptions) *cluster {
 		t.Fatalf("store for inspection: %v", err)
 	}
 	c := &cluster{
-		t: t, minio: m, bucket: bucket, st: st, layout: fence.NewLayout(prefix),
+		t: t, server: m, bucket: bucket, st: st, layout: fence.NewLayout(prefix),
 		root: t.TempDir(), opt: opt, uid: os.Getuid(), gid: os.Getgid(),
 		injected: make(map[string]string),
 	}
@@ -122,7 +129,7 @@ func newCluster(t *testing.T, m *storetest.MinIO, opt clusterOptions) *cluster {
 		}
 		n.addr = fmt.Sprintf("127.0.0.1:%d", port)
 		if opt.Proxy {
-			n.proxy = startProxy(t, m.Endpoint)
+			n.proxy = startProxy(t, m.Config(bucket).Endpoint)
 		}
 		c.nodes = append(c.nodes, n)
 	}
@@ -199,12 +206,15 @@ func (n *node) env() []string {
 			env = append(env, kv)
 		}
 	}
-	m := n.c.minio
-	endpoint := m.Endpoint
+	cfg := n.c.server.Config(n.c.bucket)
+	endpoint := cfg.Endpoint
 	if n.proxy != nil {
 		endpoint = n.proxy.addr()
 	}
-	return append(env,
+	if cfg.TLS {
+		env = append(env, "MMSIDECAR_S3_TLS=true", "MMSIDECAR_S3_CA_FILE="+cfg.CAFile)
+	}
+	env = append(env,
 		"MMSIDECAR_NODE_ID="+n.id,
 		"MMSIDECAR_QUEUE_DIR="+n.queueDir,
 		"MMSIDECAR_QUEUES="+strings.Join(queues, ","),
@@ -213,8 +223,8 @@ func (n *node) env() []string {
 		"MMSIDECAR_S3_ENDPOINT="+endpoint,
 		"MMSIDECAR_S3_BUCKET="+n.c.bucket,
 		"MMSIDECAR_S3_PREFIX="+prefix,
-		"MMSIDECAR_S3_ACCESS_KEY="+m.AccessKey,
-		"MMSIDECAR_S3_SECRET_KEY="+m.SecretKey,
+		"MMSIDECAR_S3_ACCESS_KEY="+cfg.AccessKey,
+		"MMSIDECAR_S3_SECRET_KEY="+cfg.SecretKey,
 		"MMSIDECAR_LEASE_TTL="+leaseTTL.String(),
 		"MMSIDECAR_LEASE_GRACE="+leaseGrace.String(),
 		"MMSIDECAR_LEASE_MARGIN="+leaseMargin.String(),
@@ -225,6 +235,11 @@ func (n *node) env() []string {
 		"MMSIDECAR_LOG_LEVEL=info",
 		"MMSIDECAR_LOG_FORMAT=json",
 	)
+	// Extra settings for experiments, e.g. MMSIDECAR_UPLOAD_CONCURRENCY=32.
+	if extra := os.Getenv("MMSIDECAR_CHAOS_SIDECAR_ENV"); extra != "" {
+		env = append(env, strings.Split(extra, ",")...)
+	}
+	return env
 }
 
 func (n *node) startSidecar() {

@@ -20,9 +20,27 @@
 //	7-partition-node             one sidecar cut off from MinIO (measured, G2 checked)
 //	takeover-1000/-10000         restore time of a dead node's backlog
 //
+// TestChaosMinIOCluster plays two scenarios against a distributed MinIO
+// (storetest.StartCluster: four servers in one pool, TLS with a test CA):
+//
+//	c1-kill-node-and-minio-server  1-kill-node, plus one MinIO server SIGKILLed
+//	                               during the injection and started after the
+//	                               takeover; `mmsidecar check` while it is down
+//	c2-minio-quorum-lost           4-store-outage where two of four servers are
+//	                               stopped (no write quorum, reads still served)
+//
+// Its load is half the other scenarios' (25 entries/s per node, 80 ms a
+// hop, unless MMSIDECAR_CHAOS_RATE or _WORK are set): four TLS MinIO
+// processes on two cores carry less than one server. It runs by default
+// in a shortened form (300 messages a scenario, a 15 s quorum loss; about
+// two and a half minutes), and in full (2,000 messages, 30 s; about four
+// minutes) with MMSIDECAR_CHAOS_CLUSTER=full.
+//
 // Environment:
 //
-//	MMSIDECAR_CHAOS=1       run it (scripts/test.sh sets it); otherwise the test skips
+//	MMSIDECAR_CHAOS=1       run TestChaos (scripts/test.sh sets it); otherwise it skips
+//	MMSIDECAR_CHAOS_CLUSTER=off   skip TestChaosMinIOCluster (loudly)
+//	MMSIDECAR_CHAOS_CLUSTER=full  its full form instead of the shortened one
 //	MMSIDECAR_CHAOS_LONG=1  add the 10,000-entry takeover
 //	MMSIDECAR_CHAOS_RATE    injection rate per node, entries/s (default 50)
 //	MMSIDECAR_CHAOS_WORK    time an entry spends in flight per hop (default 30ms)

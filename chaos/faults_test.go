@@ -29,10 +29,32 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 		}
 	})
 	s.injectAll()
+	runOutage(t, s, storeOutage{what: "MinIO", length: outage, stop: m.Stop, start: m.Start})
+}
+
+// storeOutage is how an outage scenario takes the store away and brings
+// it back.
+type storeOutage struct {
+	// what names what is down, for the report ("MinIO").
+	what string
+	// length is how long the store stays away.
+	length time.Duration
+	// stop and start take the store away and bring it back; both
+	// return once done.
+	stop, start func()
+}
+
+// runOutage plays a store outage against a scenario whose messages are
+// injected: every node fences and quarantines what the store knows
+// within the outage, entries born during it are processed during it, no
+// node takes over another's entries or declares a peer dead, and every
+// quarantined entry is processed after the store is back.
+func runOutage(t *testing.T, s *scenario, o storeOutage) {
 	s.snapshot()
 	s.faultAt = time.Now()
-	m.Stop()
+	o.stop()
 	stopped := time.Since(s.faultAt)
+	outage := o.length
 
 	// Every node fences itself and finishes its quarantine.
 	err := waitFor(outage, 50*time.Millisecond, func() (bool, string) {
@@ -64,17 +86,18 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 			quarantined[k] = true
 		}
 	}
-	if len(quarantined) < 100 {
+	if len(quarantined) < min(100, s.entries/20) {
 		t.Errorf("only %d entries quarantined: the outage did not meet a backlog", len(quarantined))
 	}
 
 	// Entries born during the outage are unknown to every peer: the
 	// workers process them while the store is away.
-	born := s.c.inject(s.ctx, "s4x", 150, 50, s.c.nodes)
+	bornTag := s.tag() + "x"
+	born := s.c.inject(s.ctx, bornTag, 150, 50, s.c.nodes)
 	born()
 	outageIDs := make(map[string]bool)
 	for _, id := range s.c.injectedIDs() {
-		if strings.HasPrefix(id, "s4x.") {
+		if strings.HasPrefix(id, bornTag+".") {
 			outageIDs[id] = true
 		}
 	}
@@ -91,7 +114,7 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 		t.Errorf("workers did not process entries born during the outage: %v", err)
 	}
 	sleepUntil(s.faultAt.Add(outage))
-	m.Start()
+	o.start()
 	backAt := time.Now()
 
 	err = waitFor(deadline, 50*time.Millisecond, func() (bool, string) {
@@ -108,8 +131,8 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 		t.Errorf("nodes did not come back after the outage: %v", err)
 	}
 	live := time.Since(backAt)
-	report.addf(t, "4-store-outage: MinIO stopped in %s; all nodes fenced %s after the stop; %d entries quarantined; %d entries born during the outage processed during it; MinIO down %v; all nodes live again %s after MinIO started",
-		ms(stopped), ms(fencedAt), len(quarantined), len(outageIDs), outage, ms(live))
+	report.addf(t, "%s: %s stopped in %s; all nodes fenced %s after the stop; %d entries quarantined; %d entries born during the outage processed during it; %s down %v; all nodes live again %s after %s started",
+		s.name, o.what, ms(stopped), ms(fencedAt), len(quarantined), len(outageIDs), o.what, outage, ms(live), o.what)
 	// Reported even when waitDone gives up: how soon did the quarantined
 	// entries run, and how much did the nodes fence again meanwhile?
 	defer func() {
@@ -136,13 +159,13 @@ func testStoreOutage(t *testing.T, m *storetest.MinIO) {
 		}
 		refenced := len(fenceEnds(s.c.nodes, backAt))
 		if first.IsZero() {
-			report.addf(t, "4-store-outage: no quarantined entry was processed after MinIO came back")
+			report.addf(t, "%s: no quarantined entry was processed after %s came back", s.name, o.what)
 		} else {
-			report.addf(t, "4-store-outage: after MinIO start: first quarantined entry processed in %s, last in %s (%d of %d processed); fences after MinIO was back: %d; epochs now %s",
-				ms(first.Sub(backAt)), ms(last.Sub(backAt)), len(seen), len(quarantined), refenced, strings.Join(epochs, ", "))
+			report.addf(t, "%s: after %s start: first quarantined entry processed in %s, last in %s (%d of %d processed); fences after %s was back: %d; epochs now %s",
+				s.name, o.what, ms(first.Sub(backAt)), ms(last.Sub(backAt)), len(seen), len(quarantined), o.what, refenced, strings.Join(epochs, ", "))
 		}
 		if len(seen) != len(quarantined) {
-			t.Errorf("%d of %d quarantined entries processed after MinIO came back", len(seen), len(quarantined))
+			t.Errorf("%d of %d quarantined entries processed after %s came back", len(seen), len(quarantined), o.what)
 		}
 	}()
 	s.waitDone(s.c.nodes)

@@ -32,6 +32,8 @@ const (
 var (
 	sidecarBin string
 	buildErr   error
+	buildOnce  sync.Once
+	binDir     string
 	// sidecarSources lists the module's Go files the binary is built
 	// from; the tests open them so that go test's cache knows the result
 	// depends on them (the binary is not a Go import of this package).
@@ -45,18 +47,24 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if os.Getenv(envChaos) == "1" {
-		dir, err := os.MkdirTemp("", "mmsidecar-chaos-bin-")
-		if err != nil {
-			buildErr = err
-		} else {
-			defer os.RemoveAll(dir)
-			sidecarBin, buildErr = buildSidecar(dir)
-		}
-	}
 	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	report.write()
 	return code
+}
+
+// ensureSidecar builds the sidecar binary once, on first use, and
+// returns the build error if there was one.
+func ensureSidecar() error {
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "mmsidecar-chaos-bin-")
+		if buildErr == nil {
+			sidecarBin, buildErr = buildSidecar(binDir)
+		}
+	})
+	return buildErr
 }
 
 // buildSidecar builds cmd/mmsidecar into dir.
@@ -115,8 +123,8 @@ func requireChaos(t *testing.T) {
 	if os.Getenv(envChaos) != "1" {
 		t.Skipf("multi-process chaos test against a real MinIO: set %s=1 to run it (scripts/test.sh does)", envChaos)
 	}
-	if buildErr != nil {
-		t.Fatalf("%s=1 but the sidecar binary could not be built: %v", envChaos, buildErr)
+	if err := ensureSidecar(); err != nil {
+		t.Fatalf("%s=1 but the sidecar binary could not be built: %v", envChaos, err)
 	}
 	if os.Getenv(storetest.EnvTestMinIO) == "off" {
 		t.Fatalf("%s=1 needs a real MinIO, but %s=off", envChaos, storetest.EnvTestMinIO)

@@ -15,7 +15,6 @@ import (
 	"github.com/mmsidecar/mmsidecar/fence"
 	"github.com/mmsidecar/mmsidecar/runner/runnertest"
 	"github.com/mmsidecar/mmsidecar/store"
-	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // Load of every scenario: 2,000 messages injected across the nodes at
@@ -107,6 +106,12 @@ type scenario struct {
 	name string
 	c    *cluster
 	ctx  context.Context
+	// entries is how many messages injectAll injects (injectTotal
+	// unless a shortened scenario sets fewer).
+	entries int
+	// rate is each node's injection rate, entries/s; zero means
+	// injectRate().
+	rate float64
 	// faultAt is when the fault began.
 	faultAt time.Time
 	// inFlight holds "<queue>/<id>" of entries in flight on a SIGKILLed
@@ -125,21 +130,25 @@ type scenario struct {
 	before map[string]metricSet
 }
 
-func newScenario(t *testing.T, m *storetest.MinIO, name string, opt clusterOptions) *scenario {
+func newScenario(t *testing.T, m storeServer, name string, opt clusterOptions) *scenario {
 	if opt.Work == 0 {
 		opt.Work = workTime()
 	}
 	c := newCluster(t, m, opt)
 	c.start()
-	return &scenario{t: t, name: name, c: c, ctx: t.Context(), inFlight: map[hopID]bool{}, staleAtKill: map[string]bool{}}
+	return &scenario{t: t, name: name, c: c, ctx: t.Context(), entries: injectTotal, inFlight: map[hopID]bool{}, staleAtKill: map[string]bool{}}
 }
 
-// injectAll injects the scenario's 2,000 messages and waits until they
-// are all written.
+// injectAll injects the scenario's messages (2,000 unless shortened) and
+// waits until they are all written.
 func (s *scenario) injectAll() {
 	s.t.Helper()
 	stop := s.sampleLag()
-	s.c.inject(s.ctx, s.tag(), injectTotal, injectRate(), s.c.nodes)()
+	rate := s.rate
+	if rate == 0 {
+		rate = injectRate()
+	}
+	s.c.inject(s.ctx, s.tag(), s.entries, rate, s.c.nodes)()
 	s.lag = stop()
 	if s.t.Failed() {
 		s.t.FailNow()

@@ -115,6 +115,10 @@ func classifyResponse(er minio.ErrorResponse, err error) (store.Kind, string, er
 		return store.KindPrecondition, "PreconditionFailed", err
 	case er.Code == "ConditionalRequestConflict":
 		return store.KindPrecondition, code, err
+	case er.StatusCode == http.StatusBadRequest && strings.Contains(er.Message+" "+er.Code, "HTTP request to an HTTPS server"):
+		// MinIO's answer to plain HTTP on its TLS port.
+		return store.KindPermanent, "tls_required", fmt.Errorf(
+			"the server speaks TLS on this port: set %s=true (and %s if its CA is not a system one): %w", envTLS, envCAFile, err)
 	case transientCodes[er.Code],
 		er.StatusCode >= 500,
 		er.StatusCode == http.StatusTooManyRequests,

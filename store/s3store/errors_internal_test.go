@@ -57,6 +57,8 @@ func TestClassify(t *testing.T) {
 		{"dns", urlErr(&net.DNSError{Err: "server misbehaving", Name: "minio"}), store.KindTransient, "dns", ""},
 		{"unknown host", urlErr(&net.DNSError{Err: "no such host", Name: "minio", IsNotFound: true}), store.KindPermanent, "dns_not_found", ""},
 		{"plain http", urlErr(http.ErrSchemeMismatch), store.KindPermanent, "tls_plain_http", envTLS},
+		{"http to the tls port", minio.ErrorResponse{Code: "400 Bad Request", StatusCode: 400, Message: "Client sent an HTTP request to an HTTPS server."},
+			store.KindPermanent, "tls_required", envTLS},
 		{"unknown authority", urlErr(x509.UnknownAuthorityError{}), store.KindPermanent, "tls_verify", envCAFile},
 		{"remote tls alert", urlErr(errors.New("remote error: tls: handshake failure")), store.KindPermanent, "tls", envCAFile},
 		{"client misuse", errors.New("object size must be provided"), store.KindPermanent, "client", ""},

@@ -143,13 +143,17 @@ func (m *MinIO) serving() bool {
 	return m.cmd != nil && !m.paused
 }
 
-// Config returns an s3store configuration for bucket on this server.
+// Config returns an s3store configuration for bucket on this server:
+// over TLS, trusting the CA that signed its certificate, for a server of
+// a Cluster.
 func (m *MinIO) Config(bucket string) s3store.Config {
 	return s3store.Config{
 		Endpoint:  m.Endpoint,
 		Bucket:    bucket,
 		AccessKey: m.AccessKey,
 		SecretKey: m.SecretKey,
+		TLS:       m.caFile != "",
+		CAFile:    m.caFile,
 	}
 }
 
@@ -159,14 +163,35 @@ var bucketUnsafe = regexp.MustCompile(`[^a-z0-9]+`)
 // empties and removes it when the test ends.
 func (m *MinIO) NewBucket(t testing.TB) string {
 	t.Helper()
+	bucket := bucketName(t)
+	createBucket(t, m.Config(bucket))
+	if !m.owned || m.t == nil {
+		t.Cleanup(func() {
+			if err := m.removeBucket(bucket); err != nil {
+				t.Logf("remove bucket %s: %v", bucket, err)
+			}
+		})
+	}
+	return bucket
+}
+
+// bucketName returns a bucket name no other test uses, derived from the
+// test's name.
+func bucketName(t testing.TB) string {
 	name := strings.Trim(bucketUnsafe.ReplaceAllString(strings.ToLower(t.Name()), "-"), "-")
 	if len(name) > 36 {
 		name = strings.Trim(name[len(name)-36:], "-")
 	}
-	bucket := "t-" + name + "-" + strings.ToLower(rand.Text()[:12])
-	s, err := s3store.New(m.Config(bucket))
+	return "t-" + name + "-" + strings.ToLower(rand.Text()[:12])
+}
+
+// createBucket creates cfg's bucket, retrying while the server is still
+// starting, and fails t when it cannot.
+func createBucket(t testing.TB, cfg s3store.Config) {
+	t.Helper()
+	s, err := s3store.New(cfg)
 	if err != nil {
-		t.Fatalf("s3store for bucket %s: %v", bucket, err)
+		t.Fatalf("s3store for bucket %s: %v", cfg.Bucket, err)
 	}
 	// A server that has just started may still refuse requests briefly.
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
@@ -182,16 +207,8 @@ func (m *MinIO) NewBucket(t testing.TB) string {
 		}
 	}
 	if err != nil {
-		t.Fatalf("create bucket %s on MinIO %s: %v", bucket, m.Endpoint, err)
+		t.Fatalf("create bucket %s on MinIO %s: %v", cfg.Bucket, cfg.Endpoint, err)
 	}
-	if !m.owned || m.t == nil {
-		t.Cleanup(func() {
-			if err := m.removeBucket(bucket); err != nil {
-				t.Logf("remove bucket %s: %v", bucket, err)
-			}
-		})
-	}
-	return bucket
 }
 
 // removeBucket force-deletes a test bucket with its objects, so a shared
@@ -202,9 +219,15 @@ func (m *MinIO) removeBucket(bucket string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	tr, err := clientTransport(m.caFile)
+	if err != nil {
+		return err
+	}
 	c, err := minio.New(m.Endpoint, &minio.Options{
-		Creds:  credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
-		Region: s3store.DefaultRegion,
+		Creds:     credentials.NewStaticV4(m.AccessKey, m.SecretKey, ""),
+		Region:    s3store.DefaultRegion,
+		Secure:    m.caFile != "",
+		Transport: tr,
 	})
 	if err != nil {
 		return err

@@ -54,7 +54,8 @@ type MinIO struct {
 	args    []string
 	env     []string
 	logPath string
-	owned   bool // false for a server the test script runs
+	owned   bool   // false for a server the test script runs
+	caFile  string // the CA that signed its certificate; empty for plain HTTP
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -121,7 +122,7 @@ func startShared() (*MinIO, error) {
 		if m.AccessKey == "" || m.SecretKey == "" {
 			return nil, fmt.Errorf("%s is set but %s or %s is empty", EnvEndpoint, EnvAccessKey, EnvSecretKey)
 		}
-		if err := waitHTTP(m.Endpoint, nil, readyTimeout); err != nil {
+		if err := m.waitLive(nil, readyTimeout); err != nil {
 			return nil, fmt.Errorf("MinIO at %s=%s: %w", EnvEndpoint, ep, err)
 		}
 		return m, nil
@@ -214,17 +215,30 @@ func newMinIO(bin, dir string, opts ...Option) (*MinIO, error) {
 		owned:     true,
 	}
 	m.args = []string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(dir, "certs"), data}
+	var extra []string
+	if o.drives > 1 {
+		extra = append(extra, rootDiskSetting)
+	}
+	m.env = minioEnv(m.AccessKey, m.SecretKey, extra...)
+	return m, nil
+}
+
+// rootDiskSetting lets several drives of one erasure set live on the root
+// filesystem, which MinIO refuses otherwise (SPEC §3).
+const rootDiskSetting = "MINIO_ROOTDISK_THRESHOLD_SIZE=1B"
+
+// minioEnv is a server's environment: the test's without any MINIO_
+// setting, the root credentials, no console or update check, and extra.
+func minioEnv(accessKey, secretKey string, extra ...string) []string {
+	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "MINIO_") {
-			m.env = append(m.env, kv)
+			env = append(env, kv)
 		}
 	}
-	m.env = append(m.env, "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
+	env = append(env, "MINIO_ROOT_USER="+accessKey, "MINIO_ROOT_PASSWORD="+secretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	if o.drives > 1 {
-		m.env = append(m.env, "MINIO_ROOTDISK_THRESHOLD_SIZE=1B")
-	}
-	return m, nil
+	return append(env, extra...)
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -262,15 +276,33 @@ func (m *MinIO) startFresh() error {
 
 // start runs the server process and waits until it serves.
 func (m *MinIO) start() error {
+	exited, err := m.launch()
+	if err != nil {
+		return err
+	}
+	if err := m.waitLive(exited, readyTimeout); err != nil {
+		m.kill()
+		return m.startError(err)
+	}
+	return nil
+}
+
+// startError describes a server that did not come up, with its log.
+func (m *MinIO) startError(err error) error {
+	return fmt.Errorf("MinIO (%s %s) did not come up: %w\n--- %s ---\n%s", m.bin, strings.Join(m.args, " "), err, m.logPath, tail(m.logPath))
+}
+
+// launch starts the server process without waiting for it to serve; the
+// returned channel closes when the process exits.
+func (m *MinIO) launch() (<-chan struct{}, error) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	if m.cmd != nil {
-		m.mu.Unlock()
-		return errors.New("MinIO is already running")
+		return nil, errors.New("MinIO is already running")
 	}
 	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		m.mu.Unlock()
-		return fmt.Errorf("MinIO log: %w", err)
+		return nil, fmt.Errorf("MinIO log: %w", err)
 	}
 	cmd := exec.Command(m.bin, m.args...)
 	cmd.Env = m.env
@@ -279,8 +311,7 @@ func (m *MinIO) start() error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := spawn(cmd); err != nil {
 		logf.Close()
-		m.mu.Unlock()
-		return fmt.Errorf("start MinIO %s: %w", m.bin, err)
+		return nil, fmt.Errorf("start MinIO %s: %w", m.bin, err)
 	}
 	exited := make(chan struct{})
 	go func() {
@@ -289,12 +320,7 @@ func (m *MinIO) start() error {
 		close(exited)
 	}()
 	m.cmd, m.exited, m.paused = cmd, exited, false
-	m.mu.Unlock()
-	if err := waitHTTP(m.Endpoint, exited, readyTimeout); err != nil {
-		m.kill()
-		return fmt.Errorf("MinIO (%s %s) did not come up: %w\n--- minio.log ---\n%s", m.bin, strings.Join(m.args, " "), err, tail(m.logPath))
-	}
-	return nil
+	return exited, nil
 }
 
 // spawner starts processes from one OS thread that never exits: the
@@ -324,17 +350,44 @@ func spawn(cmd *exec.Cmd) error {
 	return <-done
 }
 
-// waitHTTP polls the liveness endpoint until the object layer is up, the
-// process exits (exited closes), or the deadline passes.
-func waitHTTP(endpoint string, exited <-chan struct{}, timeout time.Duration) error {
+// waitLive polls the server's liveness endpoint until the object layer
+// is up, the process exits (exited closes), or the deadline passes.
+func (m *MinIO) waitLive(exited <-chan struct{}, timeout time.Duration) error {
+	client, err := healthClient(m.caFile)
+	if err != nil {
+		return err
+	}
+	return waitHealth(client, m.baseURL()+"/minio/health/live", exited, timeout)
+}
+
+// baseURL is the scheme and host of the server's API.
+func (m *MinIO) baseURL() string {
+	if m.caFile != "" {
+		return "https://" + m.Endpoint
+	}
+	return "http://" + m.Endpoint
+}
+
+// healthClient is an HTTP client for health probes that trusts caFile
+// (plain HTTP when it is empty).
+func healthClient(caFile string) (*http.Client, error) {
+	tr, err := clientTransport(caFile)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: tr}, nil
+}
+
+// waitHealth polls a MinIO health URL until it answers 200 from an
+// initialised server, exited closes, or the deadline passes.
+func waitHealth(client *http.Client, url string, exited <-chan struct{}, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	client := &http.Client{Timeout: 2 * time.Second}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var last error
 	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+endpoint+"/minio/health/live", nil)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()

@@ -1,6 +1,7 @@
 // Package storetest is the contract every store.Store implementation must
-// meet, as one test suite (Run), and a harness that runs real MinIO servers
-// for tests (StartMinIO, Shared).
+// meet, as one test suite (Run, RunConditional), and a harness that runs
+// real MinIO servers for tests: one server (StartMinIO, Shared) or a
+// distributed MinIO over TLS with a throwaway CA (StartCluster, NewCA).
 //
 // One rule the suite cannot check but every key layout must keep: no key
 // may also be the "directory" of another (objects "a" and "a/b"). MinIO
@@ -31,32 +32,54 @@ const EnvRounds = "MMSIDECAR_STORETEST_ROUNDS"
 // callTimeout bounds every store call of the suite.
 const callTimeout = 2 * time.Minute
 
+// contractCase is one subtest of the contract.
+type contractCase struct {
+	name string
+	fn   func(t *testing.T, s store.Store)
+	// conditional marks the cases about conditional writes.
+	conditional bool
+}
+
+// contract is the whole suite, in order.
+var contract = []contractCase{
+	{"RoundTrip", testRoundTrip, false},
+	{"ETagIsBodyMD5", testETagIsBodyMD5, false},
+	{"Missing", testMissing, false},
+	{"IfAbsentOnExisting", testIfAbsentOnExisting, true},
+	{"IfMatchStale", testIfMatchStale, true},
+	{"IfMatchMissing", testIfMatchMissing, true},
+	{"IfMatchCurrent", testIfMatchCurrent, true},
+	{"RacingCreators", testRacingCreators, true},
+	{"RacingCAS", testRacingCAS, true},
+	{"LargeBodies", testLargeBodies, false},
+	{"ListAfterWrite", testListAfterWrite, false},
+	{"ListPrefix", testListPrefix, false},
+	{"ListOrder", testListOrder, false},
+	{"ListStopsOnError", testListStopsOnError, false},
+	{"ListManyAndDeleteMany", testListManyAndDeleteMany, false},
+	{"Delete", testDelete, false},
+	{"ErrorClassification", testErrorClassification, false},
+}
+
 // Run runs the contract suite. open returns a fresh, empty store for each
 // subtest.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
-	tests := []struct {
-		name string
-		fn   func(t *testing.T, s store.Store)
-	}{
-		{"RoundTrip", testRoundTrip},
-		{"ETagIsBodyMD5", testETagIsBodyMD5},
-		{"Missing", testMissing},
-		{"IfAbsentOnExisting", testIfAbsentOnExisting},
-		{"IfMatchStale", testIfMatchStale},
-		{"IfMatchMissing", testIfMatchMissing},
-		{"IfMatchCurrent", testIfMatchCurrent},
-		{"RacingCreators", testRacingCreators},
-		{"RacingCAS", testRacingCAS},
-		{"LargeBodies", testLargeBodies},
-		{"ListAfterWrite", testListAfterWrite},
-		{"ListPrefix", testListPrefix},
-		{"ListOrder", testListOrder},
-		{"ListStopsOnError", testListStopsOnError},
-		{"ListManyAndDeleteMany", testListManyAndDeleteMany},
-		{"Delete", testDelete},
-		{"ErrorClassification", testErrorClassification},
-	}
-	for _, tc := range tests {
+	runCases(t, open, func(contractCase) bool { return true })
+}
+
+// RunConditional runs the contract's cases about conditional writes only
+// (creates over existing keys, stale and current CAS, racing creators and
+// CAS writers): the part of the contract a degraded store is most likely
+// to break, at a fraction of the whole suite's cost.
+func RunConditional(t *testing.T, open func(t *testing.T) store.Store) {
+	runCases(t, open, func(c contractCase) bool { return c.conditional })
+}
+
+func runCases(t *testing.T, open func(t *testing.T) store.Store, keep func(contractCase) bool) {
+	for _, tc := range contract {
+		if !keep(tc) {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t)
 			if keys := listKeys(t, s, ""); len(keys) != 0 {

@@ -1,0 +1,283 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
+)
+
+// clusterForm is the size of the MinIO cluster scenarios: the full form
+// with MMSIDECAR_CHAOS=1, a shortened one otherwise (the default run and
+// CI).
+type clusterForm struct {
+	name string
+	// entries is the number of messages each scenario injects.
+	entries int
+	// outage is how long the quorum-loss scenario keeps two servers down.
+	outage time.Duration
+	// minBacklog is the victim's smallest acceptable in-queue backlog at
+	// the node kill: below it the takeover has too little to move.
+	minBacklog int
+}
+
+// envCluster=off skips TestChaosMinIOCluster, loudly.
+const envCluster = "MMSIDECAR_CHAOS_CLUSTER"
+
+// The load of the cluster scenarios, unless MMSIDECAR_CHAOS_RATE and
+// MMSIDECAR_CHAOS_WORK say otherwise: half the single-server scenarios'
+// injection rate and slower workers. Four TLS MinIO processes on two
+// cores carry less than one server: at 50 entries/s per node the lease
+// renewals missed their deadline and nodes fenced before any fault.
+const (
+	clusterRate = 25.0
+	clusterWork = 80 * time.Millisecond
+)
+
+var (
+	fullClusterForm  = clusterForm{name: "full", entries: injectTotal, outage: outage, minBacklog: 100}
+	shortClusterForm = clusterForm{name: "short", entries: 300, outage: 15 * time.Second, minBacklog: 20}
+)
+
+// clusterLoad is the injection rate and work time of the cluster
+// scenarios.
+func clusterLoad() (float64, time.Duration) {
+	rate, work := clusterRate, clusterWork
+	if os.Getenv(envRate) != "" {
+		rate = injectRate()
+	}
+	if os.Getenv(envWork) != "" {
+		work = workTime()
+	}
+	return rate, work
+}
+
+// newClusterScenario is newScenario on the MinIO cluster, with the
+// form's size and the cluster's load.
+func newClusterScenario(t *testing.T, mc *storetest.Cluster, name string, f clusterForm) *scenario {
+	rate, work := clusterLoad()
+	s := newScenario(t, mc, name, clusterOptions{Work: work})
+	s.entries, s.rate = f.entries, rate
+	return s
+}
+
+// TestChaosMinIOCluster plays the node-kill and store-outage scenarios
+// against a distributed MinIO: four servers on 127.0.0.1 in one pool,
+// over TLS with a test CA (MMSIDECAR_S3_TLS, MMSIDECAR_S3_CA_FILE), behind
+// a balancer. With MMSIDECAR_CHAOS_CLUSTER=full each scenario injects
+// 2,000 messages and the outage lasts 30 s; otherwise a shortened form
+// runs (300 messages, 15 s), which the default test run (scripts/test.sh)
+// covers. MMSIDECAR_CHAOS_CLUSTER=off skips it.
+func TestChaosMinIOCluster(t *testing.T) {
+	form := shortClusterForm
+	if os.Getenv(envCluster) == "full" {
+		form = fullClusterForm
+	}
+	if os.Getenv(envCluster) == "off" {
+		t.Skipf("MINIO CLUSTER CHAOS SCENARIOS ARE OFF (%s=off): they did not run", envCluster)
+	}
+	if os.Getenv(storetest.EnvTestMinIO) == "off" {
+		t.Skipf("REAL-MINIO TESTS ARE OFF (%s=off): the MinIO cluster chaos scenarios did not run", storetest.EnvTestMinIO)
+	}
+	if err := ensureSidecar(); err != nil {
+		t.Fatalf("the sidecar binary could not be built: %v", err)
+	}
+	touchSources()
+	began := time.Now()
+	mc := storetest.StartCluster(t)
+	report.addf(t, "MinIO cluster: 4 servers, one pool, TLS, write quorum %s after the start", time.Since(began).Round(time.Millisecond))
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, mc *storetest.Cluster, f clusterForm)
+	}{
+		{"c1-kill-node-and-minio-server", testClusterKillNode},
+		{"c2-minio-quorum-lost", testClusterQuorumLost},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			started := time.Now()
+			tc.run(t, mc, form)
+			report.addf(nil, "%s: scenario took %s", tc.name, time.Since(started).Round(100*time.Millisecond))
+		})
+	}
+	rate, work := clusterLoad()
+	report.addf(t, "chaos package: TestChaosMinIOCluster (%s form: %d messages a scenario at %v/s per node, %v a hop, %v quorum loss) took %s",
+		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
+}
+
+// restartOnCleanup starts the given servers again when the test ends, if
+// they are down, so that the next scenario has the whole cluster.
+func restartOnCleanup(t *testing.T, servers ...*storetest.MinIO) {
+	t.Cleanup(func() {
+		for _, m := range servers {
+			if m.PID() == 0 {
+				m.Start()
+			}
+		}
+	})
+}
+
+// testClusterKillNode is 1-kill-node on the cluster, with a MinIO server
+// SIGKILLed a third of the way into the injection and started again only
+// after the takeover: the pool keeps write quorum throughout, so nothing
+// may be lost or run twice beyond the in-flight rule, and `mmsidecar
+// check` passes on a survivor while the server is down.
+func testClusterKillNode(t *testing.T, mc *storetest.Cluster, f clusterForm) {
+	s := newClusterScenario(t, mc, "c1-kill-node-and-minio-server", f)
+	victim := s.c.node("c")
+	survivors := s.c.others(victim)
+	server := mc.Server(3)
+	restartOnCleanup(t, server)
+
+	pre := allMetrics(t, s.c.nodes)
+	stopLag := s.sampleLag()
+	injected := s.c.inject(s.ctx, s.tag(), s.entries, s.rate, s.c.nodes)
+	err := waitFor(deadline, 20*time.Millisecond, func() (bool, string) {
+		k := len(s.c.injectedIDs())
+		return k >= s.entries/3, fmt.Sprintf("%d of %d injected", k, s.entries)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serverKilledAt := time.Now()
+	server.Kill()
+	injected()
+	s.lag = stopLag()
+	if t.Failed() {
+		t.FailNow()
+	}
+	storeErrs := storeErrors(pre, allMetrics(t, s.c.nodes))
+	fences := clusterSum(metricSets(allMetrics(t, s.c.nodes)), "mmsidecar_fences_total") - clusterSum(metricSets(pre), "mmsidecar_fences_total")
+	report.addf(t, "%s: MinIO server 4 of 4 SIGKILLed with %d of %d messages injected; until the injection ended: store errors %s, fences %v",
+		s.name, s.entries/3, s.entries, storeErrs, fences)
+
+	if b := victim.backlog("in"); b < f.minBacklog {
+		t.Fatalf("victim's backlog is only %d entries (want %d): the workers are too fast for this machine", b, f.minBacklog)
+	}
+	s.snapshot()
+	s.faultAt = time.Now()
+	s.killNode(victim)
+	queued, unmirrored := s.recordKill(victim)
+	copies, err := s.c.copies(s.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	atKill := copies[victim.id]
+	report.addf(t, "%s: at the node kill %s had %d queued and %d in flight on disk, %d of its files not yet mirrored; its namespace held %d copies, %d of them of entries already finished",
+		s.name, victim.id, queued, len(s.inFlight), unmirrored, atKill, len(s.staleAtKill))
+
+	// An operator checks the store from a survivor while the server is
+	// down (and the takeover runs).
+	out, took, err := runSidecarCheck(s.ctx, survivors[0])
+	if err != nil {
+		t.Errorf("mmsidecar check on %s with a MinIO server down failed after %s: %v\n%s", survivors[0].id, ms(took), err, out)
+	} else {
+		report.addf(t, "%s: `mmsidecar check` on %s with MinIO server 4 down: store is safe, in %s", s.name, survivors[0].id, ms(took))
+	}
+
+	if tt := s.awaitTakeover(victim, survivors); tt.ok {
+		report.addf(t, "%s: takeover of %d copies with a MinIO server down: kill->declared dead %s, kill->first claimed %s, kill->last restored %s, kill->namespace empty %s",
+			s.name, atKill, ms(tt.dead), ms(tt.first), ms(tt.last), ms(tt.empty))
+	} else {
+		t.Errorf("no survivor logged \"declared peer dead\" and \"claimed\" after the kill")
+	}
+
+	// The MinIO server comes back, then the node on its own disk.
+	startAt := time.Now()
+	server.Start()
+	report.addf(t, "%s: MinIO server 4 down %s, serving again %s after its start",
+		s.name, ms(startAt.Sub(serverKilledAt)), ms(time.Since(startAt)))
+	victim.startSidecar()
+	victim.waitReady()
+	victim.startWorker(true)
+	s.waitDone(s.c.nodes)
+	s.judge(true, "MinIO server killed, node restarted after takeover")
+}
+
+// testClusterQuorumLost is 4-store-outage on the cluster, where the
+// outage is a lost write quorum: two of the four MinIO servers are
+// stopped. Writes fail (they hang until the client's timeout) while the
+// remaining two still serve reads. The sidecars must behave as in a full
+// outage: fence, let the workers process entries born meanwhile, take
+// nothing over, and recover once the servers are back.
+func testClusterQuorumLost(t *testing.T, mc *storetest.Cluster, f clusterForm) {
+	s := newClusterScenario(t, mc, "c2-minio-quorum-lost", f)
+	down := []*storetest.MinIO{mc.Server(2), mc.Server(3)}
+	restartOnCleanup(t, down...)
+	s.injectAll()
+	var startBegan, quorumBack time.Time
+	runOutage(t, s, storeOutage{
+		what:   "2 of 4 MinIO servers",
+		length: f.outage,
+		stop: func() {
+			for _, m := range down {
+				m.Stop()
+			}
+			ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+			defer cancel()
+			if ok, err := mc.WriteQuorum(ctx); ok || err != nil {
+				t.Errorf("MinIO cluster health with 2 of 4 servers stopped: write quorum %v, %v; want none", ok, err)
+			}
+		},
+		start: func() {
+			startBegan = time.Now()
+			for _, m := range down {
+				m.Start()
+			}
+			if err := mc.WaitWriteQuorum(time.Minute); err != nil {
+				t.Error(err)
+			}
+			quorumBack = time.Now()
+		},
+	})
+	report.addf(t, "%s: the two servers were serving with write quorum %s after their start began (the recovery times above count from then)",
+		s.name, ms(quorumBack.Sub(startBegan)))
+}
+
+// runSidecarCheck runs `mmsidecar check` with node n's configuration.
+func runSidecarCheck(ctx context.Context, n *node) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, sidecarBin, "check")
+	cmd.Env = n.env()
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	return string(out), time.Since(start), err
+}
+
+// storeErrors sums the sidecars' store calls that failed between two
+// metric snapshots, by error code.
+func storeErrors(from, to map[string]metricSet) string {
+	codes := make(map[string]float64)
+	for id, m := range to {
+		before := from[id].byLabel("mmsidecar_store_requests_total", "code")
+		for code, v := range m.byLabel("mmsidecar_store_requests_total", "code") {
+			if code != "ok" && v > before[code] {
+				codes[code] += v - before[code]
+			}
+		}
+	}
+	if len(codes) == 0 {
+		return "none"
+	}
+	var parts []string
+	for code, v := range codes {
+		parts = append(parts, fmt.Sprintf("%s %v", code, v))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// metricSets lists the values of a map of metric sets.
+func metricSets(m map[string]metricSet) []metricSet {
+	out := make([]metricSet, 0, len(m))
+	for _, s := range m {
+		out = append(out, s)
+	}
+	return out
+}
