@@ -126,6 +126,9 @@ type scenario struct {
 	// everything was finished; leakDesc describes them.
 	leaked   map[string]int
 	leakDesc string
+	// deleteWait is how long the store may take to let the last copies
+	// go once everything is finished (default 15 s).
+	deleteWait time.Duration
 	// before is every node's metrics just before the fault.
 	before map[string]metricSet
 }
@@ -274,11 +277,19 @@ func (s *scenario) waitDone(live []*node) {
 		time.Sleep(250 * time.Millisecond)
 	}
 	var copies map[string]int
-	err := waitFor(15*time.Second, 250*time.Millisecond, func() (bool, string) {
+	wait := 15 * time.Second
+	if s.deleteWait > 0 {
+		wait = s.deleteWait
+	}
+	began := time.Now()
+	err := waitFor(wait, 250*time.Millisecond, func() (bool, string) {
 		var err error
 		copies, err = s.c.copies(s.ctx)
 		return err == nil && len(copies) == 0, fmt.Sprintf("copies %v (err %v)", copies, err)
 	})
+	if took := time.Since(began); err == nil && took > 2*time.Second {
+		report.addf(s.t, "%s: the last copies of finished entries were deleted %s after the last entry finished", s.name, ms(took))
+	}
 	if err != nil {
 		s.leaked = copies
 		s.leakDesc = fmt.Sprintf("%s: every entry is finished, but the store keeps copies of finished entries (each one is re-run by the next takeover of its node): %v%s",
