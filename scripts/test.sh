@@ -190,6 +190,10 @@ main() {
 	export MMSIDECAR_E2E="${MMSIDECAR_E2E:-1}"
 	# The multi-process chaos suite (issue 3): about 6 minutes.
 	export MMSIDECAR_CHAOS="${MMSIDECAR_CHAOS:-1}"
+	# The chaos scenarios on a 4-server TLS MinIO cluster (issue 8) are not
+	# reliable yet (see the issue's note); they skip loudly unless asked
+	# for: MMSIDECAR_CHAOS_CLUSTER=short (or full) scripts/test.sh ./chaos/
+	export MMSIDECAR_CHAOS_CLUSTER="${MMSIDECAR_CHAOS_CLUSTER:-off}"
 	export MMSIDECAR_E2E_REPORT="${E2E_REPORT}"
 
 	split_args "$@"
@@ -230,7 +234,7 @@ main() {
 		echo "failed tests:"
 		grep -E '^[[:space:]]*--- FAIL' "${LOG_FILE}" | sed 's/^/  /'
 	fi
-	echo "MinIO:    ${MINIO_ENDPOINT} (${MINIO_VERSION}); E2E=${MMSIDECAR_E2E} CHAOS=${MMSIDECAR_CHAOS}"
+	echo "MinIO:    ${MINIO_ENDPOINT} (${MINIO_VERSION}); E2E=${MMSIDECAR_E2E} CHAOS=${MMSIDECAR_CHAOS} CHAOS_CLUSTER=${MMSIDECAR_CHAOS_CLUSTER}"
 	if [[ -s "${E2E_REPORT}" ]]; then
 		echo "end-to-end scenarios (${E2E_REPORT}):"
 		sed 's/^/  /' "${E2E_REPORT}"
