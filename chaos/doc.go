@@ -31,10 +31,12 @@
 //
 // Its load is half the other scenarios' (25 entries/s per node, 80 ms a
 // hop, unless MMSIDECAR_CHAOS_RATE or _WORK are set): four TLS MinIO
-// processes on two cores carry less than one server. It runs by default
-// in a shortened form (300 messages a scenario, a 15 s quorum loss; about
-// two and a half minutes), and in full (2,000 messages, 30 s; about four
-// minutes) with MMSIDECAR_CHAOS_CLUSTER=full.
+// processes on two cores carry less than one server. It runs in a
+// shortened form (300 messages a scenario, a 15 s quorum loss; about two
+// and a half minutes) unless MMSIDECAR_CHAOS_CLUSTER is off (what
+// scripts/test.sh sets until these scenarios are reliable), and in full
+// (2,000 messages, 30 s; about four minutes) with
+// MMSIDECAR_CHAOS_CLUSTER=full.
 //
 // Environment:
 //
