@@ -35,7 +35,12 @@ func TestHealth(t *testing.T) {
 	closed := l.Addr().String()
 	l.Close()
 
-	env := func(addr string) map[string]string { return map[string]string{"MMSIDECAR_LISTEN_ADDR": addr} }
+	// The health command reads the whole configuration: give it a queue
+	// directory that exists on any machine, not Mailman's default path.
+	queue := t.TempDir()
+	env := func(addr string) map[string]string {
+		return map[string]string{"MMSIDECAR_LISTEN_ADDR": addr, "MMSIDECAR_QUEUE_DIR": queue}
+	}
 	tests := []struct {
 		name     string
 		addr     string
