@@ -108,7 +108,10 @@ func check(ctx context.Context, cfg *Config, st store.Store, w io.Writer, asJSON
 			return fmt.Errorf("encode probe report: %w", err)
 		}
 		out.Probe = js
-		if !rep.Safe() {
+		switch {
+		case !rep.Safe() && !rep.Unsafe():
+			result = fmt.Errorf("store not verified: %s failed with store errors", strings.Join(rep.Failed(), ", "))
+		case !rep.Safe():
 			result = fmt.Errorf("%w: %s failed", errStoreUnsafe, strings.Join(rep.Failed(), ", "))
 			if cfg.AllowUnsafeStore {
 				text.WriteString("WARNING: MMSIDECAR_ALLOW_UNSAFE_STORE=true: `run` would start on this store anyway\n")

@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
 	"github.com/mmsidecar/mmsidecar/store/memstore"
@@ -158,6 +161,22 @@ func (b blindStore) Put(ctx context.Context, key string, body io.Reader, size in
 	return b.Store.Put(ctx, key, body, size, store.Condition{})
 }
 
+// healingStore answers every conditional write with MinIO's 503
+// SlowDownWrite until healed is set, like a cluster healing after a
+// server came back: reads and lists work, conditions are never broken.
+type healingStore struct {
+	store.Store
+	healed *atomic.Bool
+}
+
+func (h healingStore) Put(ctx context.Context, key string, body io.Reader, size int64, c store.Condition) (store.Info, error) {
+	if c != (store.Condition{}) && !h.healed.Load() {
+		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindTransient, Code: "SlowDownWrite",
+			Err: errors.New("Resource requested is unwritable, please reduce your request rate")}
+	}
+	return h.Store.Put(ctx, key, body, size, c)
+}
+
 // failingList fails every LIST, like a store that is down.
 type failingList struct{ store.Store }
 
@@ -176,6 +195,7 @@ func TestCheckVerdicts(t *testing.T) {
 		{"ignores conditions", blindStore{memstore.New()}, false, errStoreUnsafe, []string{"FAIL " + probe.NameCreate, "store is UNSAFE"}},
 		{"unsafe but allowed", blindStore{memstore.New()}, true, errStoreUnsafe, []string{"store is UNSAFE", "MMSIDECAR_ALLOW_UNSAFE_STORE=true"}},
 		{"down", failingList{memstore.New()}, false, nil, []string{"FAIL " + stepReachable, "i/o timeout", "UNREACHABLE"}},
+		{"healing", healingStore{memstore.New(), new(atomic.Bool)}, false, nil, []string{"ERR  " + probe.NameCreate, "SlowDownWrite", "store is NOT VERIFIED"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -219,4 +239,63 @@ func TestCheckStoreDirUnusable(t *testing.T) {
 	if out.OK || !out.Config.OK || out.Store == nil || out.Store.OK || !strings.Contains(out.Store.Detail, "open directory store") {
 		t.Errorf("verdict:\n%s", r.stdout)
 	}
+}
+
+// TestStartupProbeWaitsForAHealingStore: a probe that fails only with
+// transient store errors is retried until the store heals, not taken for
+// an unsafe store; a store that ignores conditions is refused at once.
+func TestStartupProbeWaitsForAHealingStore(t *testing.T) {
+	cfg := mustLoad(t, testEnv(t, "MMSIDECAR_NODE_ID", "n1"))
+	logs := &lockedBuffer{}
+	log := newLogger(logs, &Config{LogLevel: "info", LogFormat: "json"})
+
+	t.Run("healing", func(t *testing.T) {
+		healed := new(atomic.Bool)
+		done := make(chan error, 1)
+		go func() { done <- startupProbe(t.Context(), cfg, healingStore{memstore.New(), healed}, log) }()
+		deadline := time.After(time.Minute)
+		for !strings.Contains(logs.String(), "not with a broken condition; retrying") {
+			select {
+			case err := <-done:
+				t.Fatalf("startupProbe returned %v before the store healed", err)
+			case <-deadline:
+				t.Fatalf("no retry logged:\n%s", logs.String())
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+		healed.Store(true)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("startupProbe after the store healed: %v", err)
+			}
+		case <-deadline:
+			t.Fatal("startupProbe did not return after the store healed")
+		}
+	})
+	t.Run("ignores conditions", func(t *testing.T) {
+		err := startupProbe(t.Context(), cfg, blindStore{memstore.New()}, log)
+		if err == nil || !strings.Contains(err.Error(), "store is unsafe") {
+			t.Fatalf("startupProbe on a store that ignores conditions: %v, want 'store is unsafe'", err)
+		}
+	})
+}
+
+// lockedBuffer is a bytes.Buffer safe to write from a logger while the
+// test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -59,6 +59,7 @@ func runRun(ctx context.Context, args []string) error {
 // unreachable store is waited for, not refused.
 func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Logger) error {
 	prefix := fence.NewLayout(cfg.S3Prefix).Prefix()
+	var inconclusiveSince time.Time
 	for {
 		err := st.List(ctx, prefix+"nodes/", func(store.Info) error { return errStopPing })
 		if err == nil || errors.Is(err, errStopPing) {
@@ -67,9 +68,25 @@ func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Lo
 				log.Info("store probe passed: conditional writes are honoured")
 				return nil
 			}
-			// A probe that failed because the store went away is retried.
+			// A probe that failed because the store went away, or
+			// because store calls failed transiently (MinIO healing after
+			// a server came back answers 503 SlowDownWrite), is retried:
+			// only a store caught ignoring a condition is refused.
 			err = st.List(ctx, prefix+"nodes/", func(store.Info) error { return errStopPing })
-			if err == nil || errors.Is(err, errStopPing) {
+			reachable := err == nil || errors.Is(err, errStopPing)
+			if reachable && !rep.Unsafe() {
+				if inconclusiveSince.IsZero() {
+					inconclusiveSince = time.Now()
+				}
+				if time.Since(inconclusiveSince) > probeRetryLimit {
+					// A store whose conditional writes keep failing
+					// with errors is not one to coordinate through.
+					return fmt.Errorf("store probe kept failing with store errors for %s (%s: %s): run 'mmsidecar check' for details",
+						probeRetryLimit, strings.Join(rep.Failed(), ", "), firstDetail(rep))
+				}
+				err = fmt.Errorf("%w: %s failed with store errors", errProbeInconclusive, strings.Join(rep.Failed(), ", "))
+				log.Warn("store probe failed with store errors, not with a broken condition; retrying", "failed", rep.Failed(), "err", firstDetail(rep))
+			} else if reachable {
 				failed := rep.Failed()
 				if cfg.AllowUnsafeStore {
 					log.Error("STORE IS UNSAFE: conditional writes are not honoured; running anyway because MMSIDECAR_ALLOW_UNSAFE_STORE=true. Two nodes may process the same message.", "failed", failed)
@@ -78,16 +95,37 @@ func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Lo
 				return fmt.Errorf("store is unsafe (probes failed: %s): run 'mmsidecar check' for details; set MMSIDECAR_ALLOW_UNSAFE_STORE=true only if you accept duplicate processing", strings.Join(failed, ", "))
 			}
 		}
-		if store.KindOf(err) == store.KindPermanent {
+		if store.KindOf(err) == store.KindPermanent && !errors.Is(err, errProbeInconclusive) {
 			return fmt.Errorf("store refuses the sidecar: %w", err)
 		}
-		log.Warn("store unreachable at start; retrying", "err", err)
+		if !errors.Is(err, errProbeInconclusive) {
+			log.Warn("store unreachable at start; retrying", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// probeRetryLimit is how long start-up retries a probe that fails only
+// with transient store errors (MinIO answering 503 while it heals after
+// a server came back) before it gives up on the store.
+const probeRetryLimit = 5 * time.Minute
+
+// errProbeInconclusive marks a start-up probe that failed only with
+// transient store errors: retried, never refused.
+var errProbeInconclusive = errors.New("store probe not conclusive")
+
+// firstDetail is the detail of the first failed probe of rep.
+func firstDetail(rep probe.Report) string {
+	for _, res := range rep.Results {
+		if !res.OK {
+			return res.Name + ": " + res.Detail
+		}
+	}
+	return ""
 }
 
 // daemon is the wired sidecar: the mirror, the coordinator (cluster mode)

@@ -77,6 +77,11 @@ type Result struct {
 	Detail string
 	// Duration is how long the probe took.
 	Duration time.Duration
+	// Inconclusive is true when the probe failed because a store call
+	// failed transiently (a timeout, a 503 such as MinIO's SlowDownWrite
+	// while it heals): the store was not caught ignoring a condition,
+	// and a later run may pass.
+	Inconclusive bool
 }
 
 // Report is the outcome of Run: one Result per probe, in the order run.
@@ -93,6 +98,17 @@ func (r Report) Safe() bool {
 		}
 	}
 	return len(r.Results) > 0
+}
+
+// Unsafe reports whether some probe caught the store breaking a rule
+// (failed, and not inconclusive), or no probe ran.
+func (r Report) Unsafe() bool {
+	for _, res := range r.Results {
+		if !res.OK && !res.Inconclusive {
+			return true
+		}
+	}
+	return len(r.Results) == 0
 }
 
 // Failed returns the names of the probes that failed.
@@ -116,7 +132,10 @@ func (r Report) Write(w io.Writer) {
 	var b strings.Builder
 	for _, res := range r.Results {
 		status := "ok"
-		if !res.OK {
+		switch {
+		case !res.OK && res.Inconclusive:
+			status = "ERR"
+		case !res.OK:
 			status = "FAIL"
 		}
 		fmt.Fprintf(&b, "%-4s %-21s %s (%s)\n", status, res.Name, res.Detail, roundDuration(res.Duration))
@@ -124,6 +143,8 @@ func (r Report) Write(w io.Writer) {
 	switch failed := r.Failed(); {
 	case len(r.Results) == 0:
 		b.WriteString("store is UNSAFE: no probe ran\n")
+	case len(failed) > 0 && !r.Unsafe():
+		fmt.Fprintf(&b, "store is NOT VERIFIED: %s failed with store errors (ERR), none caught the store ignoring a condition; try again when the store is healthy\n", strings.Join(failed, ", "))
 	case len(failed) > 0:
 		fmt.Fprintf(&b, "store is UNSAFE: %s failed\n", strings.Join(failed, ", "))
 	default:
@@ -151,10 +172,11 @@ type jsonReport struct {
 }
 
 type jsonResult struct {
-	Name       string  `json:"name"`
-	OK         bool    `json:"ok"`
-	Detail     string  `json:"detail"`
-	DurationMS float64 `json:"duration_ms"`
+	Name         string  `json:"name"`
+	OK           bool    `json:"ok"`
+	Inconclusive bool    `json:"inconclusive,omitempty"`
+	Detail       string  `json:"detail"`
+	DurationMS   float64 `json:"duration_ms"`
 }
 
 // JSON encodes the report as
@@ -164,7 +186,7 @@ func (r Report) JSON() ([]byte, error) {
 	out := jsonReport{Safe: r.Safe(), Results: make([]jsonResult, 0, len(r.Results))}
 	for _, res := range r.Results {
 		out.Results = append(out.Results, jsonResult{
-			Name: res.Name, OK: res.OK, Detail: res.Detail,
+			Name: res.Name, OK: res.OK, Inconclusive: res.Inconclusive, Detail: res.Detail,
 			DurationMS: float64(res.Duration.Microseconds()) / 1000,
 		})
 	}
@@ -205,8 +227,17 @@ func timed(name string, fn func() (string, error)) Result {
 	res := Result{Name: name, OK: err == nil, Detail: detail, Duration: time.Since(start)}
 	if err != nil {
 		res.Detail = err.Error()
+		res.Inconclusive = transient(err)
 	}
 	return res
+}
+
+// transient reports whether err carries a store error of the transient
+// kind: the store failed to answer, it did not answer wrongly. Errors the
+// probes make themselves (two winners, an accepted stale If-Match) carry
+// none.
+func transient(err error) bool {
+	return store.KindOf(err) == store.KindTransient
 }
 
 func randomHex(n int) string {
