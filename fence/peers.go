@@ -134,9 +134,20 @@ func (n *Node) deadAfter() time.Duration { return n.cfg.TTL + n.cfg.Grace }
 func (n *Node) readPeer(ctx context.Context, p *peer) {
 	data, info, err := store.GetBytes(ctx, n.st, n.cfg.Layout.LeaseKey(p.node))
 	if err != nil {
-		if !errors.Is(err, store.ErrNotFound) {
-			n.log.Debug("read peer lease", "peer", p.node, "err", err)
+		if errors.Is(err, store.ErrNotFound) {
+			return
 		}
+		n.mu.Lock()
+		silence := p.silence
+		n.mu.Unlock()
+		if silence >= n.deadAfter() {
+			// The peer would be declared dead: a lease the store cannot
+			// serve holds its takeover back (seen on a MinIO cluster
+			// with a server down), and an operator should know why.
+			n.log.Warn("peer silent past TTL + grace, but its lease cannot be read: takeover waits", "peer", p.node, "silence", silence, "err", err)
+			return
+		}
+		n.log.Debug("read peer lease", "peer", p.node, "err", err)
 		return
 	}
 	l, err := DecodeLease(data)
