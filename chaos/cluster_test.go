@@ -49,7 +49,18 @@ type clusterOptions struct {
 	NoWorkers bool
 	// Proxy puts a proxy the test can cut between each sidecar and MinIO.
 	Proxy bool
+	// Lease is the sidecars' lease timing; zero: leaseTTL, leaseGrace,
+	// leaseMargin.
+	Lease leaseTiming
 }
+
+// leaseTiming is MMSIDECAR_LEASE_TTL, _GRACE and _MARGIN.
+type leaseTiming struct {
+	TTL, Grace, Margin time.Duration
+}
+
+// shortLease is the timing of most scenarios: faults play out in seconds.
+var shortLease = leaseTiming{TTL: leaseTTL, Grace: leaseGrace, Margin: leaseMargin}
 
 // storeServer is what a cluster needs of the store it runs against: a
 // MinIO server (*storetest.MinIO) or a distributed MinIO over TLS
@@ -98,6 +109,9 @@ func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {
 	}
 	if opt.Poll == 0 {
 		opt.Poll = 200 * time.Millisecond
+	}
+	if opt.Lease == (leaseTiming{}) {
+		opt.Lease = shortLease
 	}
 	bucket := m.NewBucket(t)
 	st, err := s3store.New(m.Config(bucket))
@@ -225,9 +239,9 @@ func (n *node) env() []string {
 		"MMSIDECAR_S3_PREFIX="+prefix,
 		"MMSIDECAR_S3_ACCESS_KEY="+cfg.AccessKey,
 		"MMSIDECAR_S3_SECRET_KEY="+cfg.SecretKey,
-		"MMSIDECAR_LEASE_TTL="+leaseTTL.String(),
-		"MMSIDECAR_LEASE_GRACE="+leaseGrace.String(),
-		"MMSIDECAR_LEASE_MARGIN="+leaseMargin.String(),
+		"MMSIDECAR_LEASE_TTL="+n.c.opt.Lease.TTL.String(),
+		"MMSIDECAR_LEASE_GRACE="+n.c.opt.Lease.Grace.String(),
+		"MMSIDECAR_LEASE_MARGIN="+n.c.opt.Lease.Margin.String(),
 		"MMSIDECAR_RESCAN_INTERVAL=5s",
 		"MMSIDECAR_SHUTDOWN_TIMEOUT=5s",
 		"MMSIDECAR_DRAIN_TIMEOUT=3m",
@@ -275,12 +289,13 @@ func (n *node) startWorker(recover bool) {
 	n.worker = p
 }
 
-// waitReady polls /readyz until the sidecar is ready.
+// waitReady polls /readyz until the sidecar is ready, and gives up at
+// once when the sidecar exits.
 func (n *node) waitReady() {
 	n.c.t.Helper()
 	err := waitFor(deadline, 50*time.Millisecond, func() (bool, string) {
 		if n.sidecar.exited() {
-			return false, "exited: " + fmt.Sprint(n.sidecar.err())
+			return true, "" // reported below
 		}
 		code, body, err := httpGet(n.addr, "/readyz")
 		if err != nil {
@@ -288,8 +303,11 @@ func (n *node) waitReady() {
 		}
 		return code == 200, strings.TrimSpace(body)
 	})
+	if err == nil && n.sidecar.exited() {
+		err = fmt.Errorf("exited: %v", n.sidecar.err())
+	}
 	if err != nil {
-		n.c.t.Fatalf("sidecar %s not ready: %v", n.id, err)
+		n.c.t.Fatalf("sidecar %s not ready: %v\n%s", n.id, err, tailFile(n.sidecarLog, 5))
 	}
 }
 

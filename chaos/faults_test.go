@@ -170,7 +170,8 @@ func runOutage(t *testing.T, s *scenario, o storeOutage) {
 				s.name, o.what, ms(first.Sub(backAt)), ms(last.Sub(backAt)), len(seen), len(quarantined), o.what, refenced, strings.Join(epochs, ", "))
 		}
 		if len(seen) != len(quarantined) {
-			t.Errorf("%d of %d quarantined entries processed after the fence", len(seen), len(quarantined))
+			t.Errorf("%d of %d quarantined entries processed after the fence; not processed since the fault (fault at %s): %s",
+				len(seen), len(quarantined), s.faultAt.Format("15:04:05.000"), unseenHistory(quarantined, seen, s.c.ledger()))
 		}
 	}()
 	s.waitDone(s.c.nodes)
@@ -184,6 +185,31 @@ func runOutage(t *testing.T, s *scenario, o storeOutage) {
 		}
 	}
 	s.judge(true, fmt.Sprintf("%d quarantined", len(quarantined)))
+}
+
+// unseenHistory lists up to five of the quarantined hops that were not
+// processed after the fault, each with every ledger line of its message.
+func unseenHistory(quarantined, seen map[hopID]bool, led []ledgerEntry) string {
+	var out []string
+	for k := range quarantined {
+		if seen[k] {
+			continue
+		}
+		if len(out) == 5 {
+			out = append(out, "...")
+			break
+		}
+		id := k[strings.Index(k, "/")+1:]
+		var lines []string
+		for _, e := range led {
+			if e.ID == id {
+				lines = append(lines, fmt.Sprintf("%s on %s at %s", e.Queue, e.Node, e.At.Format("15:04:05.000")))
+			}
+		}
+		out = append(out, fmt.Sprintf("%s (ledger: %s)", k, strings.Join(lines, "; ")))
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
 }
 
 func errOrEmpty(err error) string {
