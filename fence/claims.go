@@ -21,7 +21,8 @@ type claimInfo struct {
 // or a handoff from a draining peer), deletes old copies of entries it
 // holds, and collects the claims of finished entries once no node can
 // still settle a held copy against them. It runs every 2 TTL, and every
-// scan while a peer is draining.
+// scan while a peer is draining; ScanStep defers it (up to 4 TTL) while a
+// takeover has entries left.
 func (n *Node) ClaimsPass(ctx context.Context) error {
 	n.mu.Lock()
 	due := (n.state == StateLive || n.state == StateDraining) &&

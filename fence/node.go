@@ -101,10 +101,13 @@ type Node struct {
 	// afterwards stay held.
 	quarantining bool
 	// stopped: the sidecar is shutting down; the node stays fenced.
-	stopped      bool
-	peers        map[string]*peer
-	lastScan     time.Time
-	lastClaims   time.Time
+	stopped    bool
+	peers      map[string]*peer
+	lastScan   time.Time
+	lastClaims time.Time
+	// takeoverMore: the last takeover round stopped with entries left
+	// (its listing grew older than a TTL); the next one follows at once.
+	takeoverMore bool
 	drainEmpty   bool // the last drain step found nothing left
 	drainWaiting int
 	inflight     map[Entry]bool
@@ -215,17 +218,49 @@ func (n *Node) Run(ctx context.Context) error {
 	go loop(n.renewInterval, func(ctx context.Context) { _ = n.Renew(ctx) })
 	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, n.CheckFence)
 	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, func(ctx context.Context) { _ = n.SettleStep(ctx) })
-	go loop(n.scanInterval, func(ctx context.Context) {
-		if err := n.Scan(ctx); err != nil {
-			return
-		}
-		_ = n.Takeover(ctx)
-		_ = n.ClaimsPass(ctx)
-		_ = n.DrainStep(ctx)
-		n.Resettle(ctx)
-	})
+	go loop(n.NextScan, n.ScanStep)
 	wg.Wait()
 	return nil
+}
+
+// ScanStep is one turn of the scan loop: a peer scan, a takeover round,
+// the claims pass, a drain step and a resettle. While a takeover has
+// entries left the claims pass waits (up to 4 TTL since the last one):
+// it reads every claim in the store, and on a large takeover that
+// delayed the next round by many seconds.
+func (n *Node) ScanStep(ctx context.Context) {
+	if err := n.Scan(ctx); err != nil {
+		n.mu.Lock()
+		n.takeoverMore = false // no round ran: wait the interval
+		n.mu.Unlock()
+		return
+	}
+	_ = n.Takeover(ctx)
+	n.mu.Lock()
+	skipClaims := n.takeoverMore && n.clock.Now().Sub(n.lastClaims) < 4*n.cfg.TTL
+	n.mu.Unlock()
+	if !skipClaims {
+		_ = n.ClaimsPass(ctx)
+	}
+	_ = n.DrainStep(ctx)
+	n.Resettle(ctx)
+}
+
+// TakeoverPending says whether the last takeover round stopped with
+// entries left: the next scan step should follow at once.
+func (n *Node) TakeoverPending() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.takeoverMore
+}
+
+// NextScan is the wait before the next scan step: none while a takeover
+// has entries left, the scan interval otherwise.
+func (n *Node) NextScan() time.Duration {
+	if n.TakeoverPending() {
+		return 0
+	}
+	return n.scanInterval()
 }
 
 func watchdogEvery(ttl time.Duration) time.Duration {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,6 +27,8 @@ const (
 type flaky struct {
 	store.Store
 	down atomic.Bool
+	// onPut, when set (before the node runs), is called before each Put.
+	onPut func(key string)
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -40,6 +43,9 @@ func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, store.Info,
 func (f *flaky) Put(ctx context.Context, key string, body io.Reader, size int64, cond store.Condition) (store.Info, error) {
 	if f.down.Load() {
 		return store.Info{}, errDown
+	}
+	if f.onPut != nil {
+		f.onPut(key)
 	}
 	return f.Store.Put(ctx, key, body, size, cond)
 }
@@ -146,11 +152,7 @@ func (c *cluster) step(d time.Duration) {
 		_ = tn.n.Renew(ctx)
 		_ = tn.n.SettleStep(ctx)
 		_ = tn.local.Sync(ctx)
-		if tn.n.Scan(ctx) == nil {
-			_ = tn.n.Takeover(ctx)
-			_ = tn.n.ClaimsPass(ctx)
-			_ = tn.n.DrainStep(ctx)
-		}
+		tn.n.ScanStep(ctx)
 		_ = tn.local.Sync(ctx)
 		c.checkOneProcessor()
 	}
@@ -231,6 +233,63 @@ func TestTakeoverOfKilledNode(t *testing.T) {
 	}
 	if st, epoch := a.n.State(); st != fence.StateLive || epoch < 2 {
 		t.Fatalf("restarted node state %s epoch %d", st, epoch)
+	}
+}
+
+// TestTakeoverRoundsFollowAtOnce: a takeover round whose listing grows
+// older than a TTL stops with entries left; the node says so, and the
+// next scan step follows at once (NextScan 0) and carries on until every
+// entry is restored.
+func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 60)
+	c.runFor(time.Second)
+	c.nodes["a"].alive = false
+	b := c.nodes["b"]
+	// Every claim b writes takes a twentieth of a TTL, so a round
+	// restores about 20 entries before its listing is too old; b renews
+	// its lease meanwhile, as its renewal loop would.
+	ctx := context.Background()
+	claims := c.layout.ClaimPrefix()
+	b.st.onPut = func(key string) {
+		if strings.HasPrefix(key, claims) {
+			c.clock.Advance(ttl / 20)
+			_ = b.n.Renew(ctx)
+		}
+	}
+	cut := 0
+	for i := 0; i < 200; i++ {
+		if !b.n.TakeoverPending() {
+			c.clock.Advance(200 * time.Millisecond)
+		}
+		b.n.CheckFence(ctx)
+		_ = b.n.Renew(ctx)
+		_ = b.n.SettleStep(ctx)
+		b.n.ScanStep(ctx)
+		_ = b.local.Sync(ctx)
+		if b.n.TakeoverPending() {
+			cut++
+			if d := b.n.NextScan(); d != 0 {
+				t.Fatalf("takeover pending but NextScan is %v, want 0", d)
+			}
+		}
+		if v, _ := c.count("b"); v == 60 && !b.n.TakeoverPending() {
+			break
+		}
+	}
+	if v, _ := c.count("b"); v != 60 {
+		st, ep := b.n.State()
+		t.Fatalf("b restored %d entries, want 60 (b %s epoch %d, peers %+v)", v, st, ep, b.n.Peers())
+	}
+	if cut < 2 {
+		t.Errorf("%d takeover rounds were cut short, want 2 or more: the test did not test", cut)
+	}
+	if st, _ := b.n.State(); st != fence.StateLive {
+		t.Errorf("b is %s after the takeover", st)
+	}
+	if d := b.n.NextScan(); d <= 0 {
+		t.Errorf("NextScan after the takeover = %v, want the scan interval", d)
 	}
 }
 

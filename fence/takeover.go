@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
@@ -26,6 +27,7 @@ func (n *Node) Takeover(ctx context.Context) error {
 	}
 	n.mu.Lock()
 	if n.state != StateLive {
+		n.takeoverMore = false
 		n.mu.Unlock()
 		return nil
 	}
@@ -48,6 +50,12 @@ func (n *Node) Takeover(ctx context.Context) error {
 	n.mu.Unlock()
 
 	var firstErr error
+	var more atomic.Bool
+	defer func() {
+		n.mu.Lock()
+		n.takeoverMore = more.Load()
+		n.mu.Unlock()
+	}()
 	for _, t := range targets {
 		refs, err := n.listNamespace(octx, t.node, 0, t.horizon)
 		if err != nil {
@@ -73,6 +81,7 @@ func (n *Node) Takeover(ctx context.Context) error {
 		listed := n.clock.Now()
 		if err := n.parallel(octx, mine, func(r MirrorRef) error {
 			if n.clock.Now().Sub(listed) > n.cfg.TTL {
+				more.Store(true)
 				return nil
 			}
 			return n.takeoverEntry(octx, r, epoch)

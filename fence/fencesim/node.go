@@ -179,18 +179,15 @@ func (inc *incarnation) loopScan() {
 		return
 	}
 	n := inc.n
-	inc.spawn("scan", func(ctx context.Context) {
-		if n.Scan(ctx) != nil {
-			return
-		}
-		_ = n.Takeover(ctx)
-		_ = n.ClaimsPass(ctx)
-		_ = n.DrainStep(ctx)
-		n.Resettle(ctx)
-	}, func() {
+	inc.spawn("scan", n.ScanStep, func() {
 		sn := inc.node
 		if sn.draining && n.Drain().Done {
 			sn.drained()
+			return
+		}
+		if n.TakeoverPending() {
+			// As Run does: the next round follows at once.
+			sn.at(inc.w.now, classSidecar, inc.loopScan)
 			return
 		}
 		d := inc.w.sc.ttl / 3
