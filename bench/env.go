@@ -172,8 +172,21 @@ func buildSidecar(ctx context.Context, dir string) (string, error) {
 	return out, nil
 }
 
+// mcModule is the `mc` release the comparison runs: the same build on
+// every machine, installed into the cache when missing.
+const mcModule = "github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9"
+
 // mcInstallHint says how to get the mc binary the comparison needs.
-const mcInstallHint = "GOBIN=$HOME/.cache/mmsidecar/bin go install github.com/minio/mc@v0.0.0-20250313080218-cf909e1063a9"
+const mcInstallHint = "GOBIN=$HOME/.cache/mmsidecar/bin go install " + mcModule
+
+// mcCachePath is where findMC looks for, and installMC puts, mc.
+func mcCachePath() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".cache", "mmsidecar", "bin", "mc")
+}
 
 // findMC locates mc: $MMSIDECAR_MC_BIN, $HOME/.cache/mmsidecar/bin/mc,
 // then the PATH. It reports why when there is none.
@@ -184,8 +197,7 @@ func findMC() (string, string) {
 		}
 		return p, ""
 	}
-	if home, err := os.UserHomeDir(); err == nil {
-		p := filepath.Join(home, ".cache", "mmsidecar", "bin", "mc")
+	if p := mcCachePath(); p != "" {
 		if _, err := os.Stat(p); err == nil {
 			return p, ""
 		}
@@ -194,6 +206,50 @@ func findMC() (string, string) {
 		return p, ""
 	}
 	return "", "mc not found (install it with `" + mcInstallHint + "`)"
+}
+
+// ensureMinIO builds the pinned MinIO server into the cache when no
+// binary is found where the test setup looks ($MMSIDECAR_MINIO_BIN, the
+// cache, the PATH): the first run on a fresh machine, a few minutes.
+func ensureMinIO(ctx context.Context, logf func(string, ...any)) error {
+	if os.Getenv(storetest.EnvMinIOBin) != "" {
+		return nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return fmt.Errorf("install minio: %w", err)
+	}
+	bin := filepath.Join(home, ".cache", "mmsidecar", "bin")
+	if _, err := os.Stat(filepath.Join(bin, "minio")); err == nil {
+		return nil
+	}
+	if _, err := exec.LookPath("minio"); err == nil {
+		return nil
+	}
+	logf("MinIO server not found: building %s into %s (once per machine, a few minutes)", storetest.MinIOVersion, bin)
+	cmd := exec.CommandContext(ctx, goBinary(), "install", storetest.MinIOVersion)
+	cmd.Env = append(os.Environ(), "GOBIN="+bin, "GOFLAGS=")
+	cmd.Dir = os.TempDir() // outside this module: MinIO has its own go.mod
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("install minio: go install %s: %w\n%s", storetest.MinIOVersion, err, msg)
+	}
+	return nil
+}
+
+// installMC builds mcModule into the cache with `go install` (a few
+// minutes on 2 cores, once per machine) and returns its path.
+func installMC(ctx context.Context) (string, error) {
+	dst := mcCachePath()
+	if dst == "" {
+		return "", fmt.Errorf("install mc: no home directory")
+	}
+	cmd := exec.CommandContext(ctx, goBinary(), "install", mcModule)
+	cmd.Env = append(os.Environ(), "GOBIN="+filepath.Dir(dst), "GOFLAGS=", "CGO_ENABLED=0")
+	cmd.Dir = os.TempDir() // outside this module: mc has its own go.mod
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("install mc: go install %s: %w\n%s", mcModule, err, msg)
+	}
+	return dst, nil
 }
 
 // procStat is a process's CPU time and memory.

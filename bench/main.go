@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
@@ -91,6 +92,7 @@ func mainErr() int {
 	sidecarBin := flag.String("sidecar", "", "mmsidecar binary to test (default: build cmd/mmsidecar)")
 	drives := flag.Int("drives", 1, "MinIO drives (4: an erasure set)")
 	keep := flag.Bool("keep", false, "keep the scratch directory (logs of every process)")
+	noMCInstall := flag.Bool("no-mc-install", false, "do not install mc when it is missing (the comparison is then left out)")
 	sidecarEnv := flag.String("sidecarenv", "", "comma-separated `K=V` pairs added to the sidecar binary's environment (e.g. MMSIDECAR_UPLOAD_CONCURRENCY=16,GOGC=200)")
 	lagSystems := flag.String("lagsystems", "limit,mmsidecar,mc", "systems the mirror-lag workload runs (for profiling one)")
 	takeoverEntries := flag.String("takeover-entries", "", "override: comma-separated entry counts of the takeover workload")
@@ -124,7 +126,7 @@ func mainErr() int {
 		pprof.StartCPUProfile(f)
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	opts := runOptions{only: *only, inproc: *inproc, sidecar: *sidecarBin, drives: *drives, keep: *keep, lagSystems: *lagSystems, sidecarEnv: *sidecarEnv}
+	opts := runOptions{installMC: !*noMCInstall, only: *only, inproc: *inproc, sidecar: *sidecarBin, drives: *drives, keep: *keep, lagSystems: *lagSystems, sidecarEnv: *sidecarEnv}
 	t, err := run(ctx, c, opts, os.Stderr)
 	if *memprofile != "" {
 		if f, ferr := os.Create(*memprofile); ferr == nil {
@@ -151,6 +153,8 @@ type runOptions struct {
 	sidecar string
 	drives  int
 	keep    bool
+	// installMC installs mc into the cache when it is missing.
+	installMC bool
 	// sidecarEnv is a comma-separated list of K=V for the sidecar binary.
 	sidecarEnv string
 	// lagSystems is a comma-separated subset of limit, mmsidecar, mc.
@@ -193,6 +197,9 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 	}
 	m := o.minio
 	if m == nil {
+		if err := ensureMinIO(ctx, logf); err != nil {
+			return nil, err
+		}
 		var mopts []storetest.Option
 		if o.drives > 1 {
 			mopts = append(mopts, storetest.WithDrives(o.drives))
@@ -223,6 +230,13 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 	}
 	logf("load average at start: %.1f on %d CPUs (a load above the CPU count starves every process measured)", loadAvg(), runtime.NumCPU())
 	e.mc, e.mcWhy = findMC()
+	if e.mc == "" && o.installMC && e.lagSystems["mc"] {
+		logf("mc not found: installing %s into %s (once per machine)", mcModule, filepath.Dir(mcCachePath()))
+		var ierr error
+		if e.mc, ierr = installMC(ctx); ierr != nil {
+			e.mcWhy = ierr.Error()
+		}
+	}
 	if e.mc == "" {
 		logf("mc comparison skipped: %s", e.mcWhy)
 	}
