@@ -287,14 +287,17 @@ func (c *Cluster) NewBucket(t testing.TB) string {
 	return bucket
 }
 
-// Store returns an s3store on a new bucket of the cluster.
+// Store returns an s3store on a new bucket of the cluster, whose writes
+// are retried when the cluster refuses them for want of write quorum
+// (SlowDownWrite), which a loaded four-server cluster does now and then
+// with every server up.
 func (c *Cluster) Store(t testing.TB) store.Store {
 	t.Helper()
 	s, err := s3store.New(c.Config(c.NewBucket(t)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return refusalRetry{Store: s, t: t}
 }
 
 // WriteQuorum asks the cluster, through the balancer, whether it has
