@@ -1,8 +1,11 @@
 package storetest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
+	"os"
 	"regexp"
 	"strings"
 	"syscall"
@@ -49,6 +52,26 @@ func (m *MinIO) Pause() {
 	m.mu.Lock()
 	m.paused = true
 	m.mu.Unlock()
+	// SIGSTOP is asynchronous: until the kernel has stopped every thread,
+	// a request already accepted can still be answered, and a test that
+	// expects a hang sees a prompt reply. Wait for the stopped state.
+	if pid := m.PID(); pid != 0 {
+		deadline := time.Now().Add(5 * time.Second)
+		for !processStopped(pid) && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// processStopped reports whether /proc says pid is stopped (state T).
+func processStopped(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	i := bytes.LastIndexByte(data, ')')
+	return i >= 0 && i+2 < len(data) && (data[i+2] == 'T' || data[i+2] == 't')
 }
 
 // Resume thaws a paused server with SIGCONT.
