@@ -61,6 +61,14 @@ func TestCheckClusterTLS(t *testing.T) {
 	wantSafe := func(t *testing.T, env []string) {
 		t.Helper()
 		r, took := check(t, env)
+		// A loaded 4-server cluster on 2 cores refuses a write for want of
+		// quorum now and then (SlowDownWrite), with every server up; check
+		// then says NOT VERIFIED (no probe caught a broken condition).
+		// That is availability, not what this test checks: try again.
+		for try := 2; try <= 3 && strings.Contains(r.stdout, "store is NOT VERIFIED"); try++ {
+			t.Logf("check not verified (store errors), try %d:\n%s", try, r)
+			r, took = check(t, env)
+		}
 		if r.code != 0 || !strings.Contains(r.stdout, "store is safe") {
 			t.Fatalf("check after %s:\n%s", took.Round(time.Millisecond), r)
 		}
