@@ -208,23 +208,17 @@ func findMC() (string, string) {
 	return "", "mc not found (install it with `" + mcInstallHint + "`)"
 }
 
-// ensureMinIO builds the pinned MinIO server into the cache when no
-// binary is found where the test setup looks ($MMSIDECAR_MINIO_BIN, the
-// cache, the PATH): the first run on a fresh machine, a few minutes.
+// ensureMinIO builds the pinned MinIO server into the cache when the
+// test setup finds none (storetest.FindMinIO): the first run on a fresh
+// machine, a few minutes. A $MMSIDECAR_MINIO_BIN that points nowhere is
+// reported, not papered over.
 func ensureMinIO(ctx context.Context, logf func(string, ...any)) error {
-	if os.Getenv(storetest.EnvMinIOBin) != "" {
-		return nil
+	if _, err := storetest.FindMinIO(); err == nil || os.Getenv(storetest.EnvMinIOBin) != "" {
+		return err
 	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return fmt.Errorf("install minio: %w", err)
-	}
-	bin := filepath.Join(home, ".cache", "mmsidecar", "bin")
-	if _, err := os.Stat(filepath.Join(bin, "minio")); err == nil {
-		return nil
-	}
-	if _, err := exec.LookPath("minio"); err == nil {
-		return nil
+	bin := filepath.Dir(mcCachePath())
+	if bin == "." {
+		return fmt.Errorf("install minio: no home directory")
 	}
 	logf("MinIO server not found: building %s into %s (once per machine, a few minutes)", storetest.MinIOVersion, bin)
 	cmd := exec.CommandContext(ctx, goBinary(), "install", storetest.MinIOVersion)

@@ -59,52 +59,64 @@ func runRun(ctx context.Context, args []string) error {
 // unreachable store is waited for, not refused.
 func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Logger) error {
 	prefix := fence.NewLayout(cfg.S3Prefix).Prefix()
+	ping := func() error {
+		err := st.List(ctx, prefix+"nodes/", func(store.Info) error { return errStopPing })
+		if errors.Is(err, errStopPing) {
+			return nil
+		}
+		return err
+	}
+	wait := func() error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+			return nil
+		}
+	}
 	var inconclusiveSince time.Time
 	for {
-		err := st.List(ctx, prefix+"nodes/", func(store.Info) error { return errStopPing })
-		if err == nil || errors.Is(err, errStopPing) {
+		err := ping()
+		if err == nil {
 			rep := probe.Run(ctx, st, probe.Options{Prefix: prefix})
 			if rep.Safe() {
 				log.Info("store probe passed: conditional writes are honoured")
 				return nil
 			}
-			// A probe that failed because the store went away, or
-			// because store calls failed transiently (MinIO healing after
-			// a server came back answers 503 SlowDownWrite), is retried:
-			// only a store caught ignoring a condition is refused.
-			err = st.List(ctx, prefix+"nodes/", func(store.Info) error { return errStopPing })
-			reachable := err == nil || errors.Is(err, errStopPing)
-			if reachable && !rep.Unsafe() {
+			// A probe that failed because the store went away is retried
+			// as an unreachable store; one whose store calls failed
+			// transiently (MinIO healing after a server came back answers
+			// 503 SlowDownWrite) is retried for probeRetryLimit. Only a
+			// store caught ignoring a condition is refused.
+			if err = ping(); err == nil {
+				if rep.Unsafe() {
+					failed := rep.Failed()
+					if cfg.AllowUnsafeStore {
+						log.Error("STORE IS UNSAFE: conditional writes are not honoured; running anyway because MMSIDECAR_ALLOW_UNSAFE_STORE=true. Two nodes may process the same message.", "failed", failed)
+						return nil
+					}
+					return fmt.Errorf("store is unsafe (probes failed: %s): run 'mmsidecar check' for details; set MMSIDECAR_ALLOW_UNSAFE_STORE=true only if you accept duplicate processing", strings.Join(failed, ", "))
+				}
 				if inconclusiveSince.IsZero() {
 					inconclusiveSince = time.Now()
 				}
 				if time.Since(inconclusiveSince) > probeRetryLimit {
-					// A store whose conditional writes keep failing
-					// with errors is not one to coordinate through.
 					return fmt.Errorf("store probe kept failing with store errors for %s (%s: %s): run 'mmsidecar check' for details",
 						probeRetryLimit, strings.Join(rep.Failed(), ", "), firstDetail(rep))
 				}
-				err = fmt.Errorf("%w: %s failed with store errors", errProbeInconclusive, strings.Join(rep.Failed(), ", "))
 				log.Warn("store probe failed with store errors, not with a broken condition; retrying", "failed", rep.Failed(), "err", firstDetail(rep))
-			} else if reachable {
-				failed := rep.Failed()
-				if cfg.AllowUnsafeStore {
-					log.Error("STORE IS UNSAFE: conditional writes are not honoured; running anyway because MMSIDECAR_ALLOW_UNSAFE_STORE=true. Two nodes may process the same message.", "failed", failed)
-					return nil
+				if err := wait(); err != nil {
+					return err
 				}
-				return fmt.Errorf("store is unsafe (probes failed: %s): run 'mmsidecar check' for details; set MMSIDECAR_ALLOW_UNSAFE_STORE=true only if you accept duplicate processing", strings.Join(failed, ", "))
+				continue
 			}
 		}
-		if store.KindOf(err) == store.KindPermanent && !errors.Is(err, errProbeInconclusive) {
+		if store.KindOf(err) == store.KindPermanent {
 			return fmt.Errorf("store refuses the sidecar: %w", err)
 		}
-		if !errors.Is(err, errProbeInconclusive) {
-			log.Warn("store unreachable at start; retrying", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(2 * time.Second):
+		log.Warn("store unreachable at start; retrying", "err", err)
+		if err := wait(); err != nil {
+			return err
 		}
 	}
 }
@@ -113,10 +125,6 @@ func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Lo
 // with transient store errors (MinIO answering 503 while it heals after
 // a server came back) before it gives up on the store.
 const probeRetryLimit = 5 * time.Minute
-
-// errProbeInconclusive marks a start-up probe that failed only with
-// transient store errors: retried, never refused.
-var errProbeInconclusive = errors.New("store probe not conclusive")
 
 // firstDetail is the detail of the first failed probe of rep.
 func firstDetail(rep probe.Report) string {

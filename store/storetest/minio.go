@@ -169,6 +169,10 @@ func skipIfOff(t testing.TB) {
 	}
 }
 
+// FindMinIO locates the MinIO server binary the way the test setup does
+// ($MMSIDECAR_MINIO_BIN, the cache, the PATH), or says how to get it.
+func FindMinIO() (string, error) { return findMinIO() }
+
 // findMinIO locates the minio binary: $MMSIDECAR_MINIO_BIN, then
 // $HOME/.cache/mmsidecar/bin/minio, then the PATH.
 func findMinIO() (string, error) {
