@@ -27,8 +27,9 @@ const (
 type flaky struct {
 	store.Store
 	down atomic.Bool
-	// onPut, when set (before the node runs), is called before each Put.
-	onPut func(key string)
+	// onPut and onGet, when set (before the node runs), are called
+	// before each Put and Get.
+	onPut, onGet func(key string)
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -36,6 +37,9 @@ var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreac
 func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, store.Info, error) {
 	if f.down.Load() {
 		return nil, store.Info{}, errDown
+	}
+	if f.onGet != nil {
+		f.onGet(key)
 	}
 	return f.Store.Get(ctx, key)
 }
@@ -359,6 +363,42 @@ func TestStoreOutageForEveryoneMovesNothing(t *testing.T) {
 	}
 	if n := c.storeKeys("claims/"); n != 0 {
 		t.Errorf("an outage for everyone wrote %d claims", n)
+	}
+}
+
+// TestSettleIsConcurrent: coming back from a fence, the node settles its
+// held entries several at a time (their claim reads overlap), and every
+// one of them is restored.
+func TestSettleIsConcurrent(t *testing.T) {
+	c := newCluster(t, "a")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, 40)
+	c.runFor(time.Second)
+	a := c.nodes["a"]
+	a.st.down.Store(true)
+	c.runFor(10 * time.Second)
+	if _, h := c.count("a"); h != 40 {
+		t.Fatalf("%d entries held after the fence, want 40", h)
+	}
+	var now, peak atomic.Int32
+	claims := c.layout.ClaimPrefix()
+	a.st.onGet = func(key string) {
+		if !strings.HasPrefix(key, claims) {
+			return
+		}
+		k := now.Add(1)
+		for p := peak.Load(); k > p && !peak.CompareAndSwap(p, k); p = peak.Load() {
+		}
+		time.Sleep(2 * time.Millisecond) // let other settles start meanwhile
+		now.Add(-1)
+	}
+	a.st.down.Store(false)
+	c.runFor(3 * time.Second)
+	if v, h := c.count("a"); v != 40 || h != 0 {
+		t.Fatalf("after the outage: %d visible %d held, want 40 and 0", v, h)
+	}
+	if p := peak.Load(); p < 2 {
+		t.Errorf("at most %d claim read at a time while settling 40 entries: settle is serial", p)
 	}
 }
 

@@ -123,14 +123,20 @@ func (n *Node) listNamespace(ctx context.Context, node string, from, to uint64) 
 	return refs, nil
 }
 
-// parallel runs f over items with the configured concurrency and returns
+// parallel runs f over refs with the configured concurrency and returns
 // the first error.
 func (n *Node) parallel(ctx context.Context, refs []MirrorRef, f func(MirrorRef) error) error {
-	sem := make(chan struct{}, n.cfg.Concurrency)
+	return forEach(ctx, n.cfg.Concurrency, refs, f)
+}
+
+// forEach runs f over items, at most limit at a time, stops starting new
+// ones when ctx ends, and returns the first error (or ctx's).
+func forEach[T any](ctx context.Context, limit int, items []T, f func(T) error) error {
+	sem := make(chan struct{}, max(limit, 1))
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var first error
-	for _, r := range refs {
+	for _, it := range items {
 		if ctx.Err() != nil {
 			break
 		}
@@ -138,7 +144,7 @@ func (n *Node) parallel(ctx context.Context, refs []MirrorRef, f func(MirrorRef)
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := f(r); err != nil {
+			if err := f(it); err != nil {
 				mu.Lock()
 				first = cmpErr(first, err)
 				mu.Unlock()
