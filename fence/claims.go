@@ -52,12 +52,16 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 		held[e] = true
 	}
 	live := make(map[string]bool, len(infos))
+	del := n.newCopyDeleter()
 	var firstErr error
 	for _, ci := range infos {
 		live[ci.key] = true
-		if err := n.claimStep(octx, ci, epoch, held); err != nil {
+		if err := n.claimStep(octx, ci, epoch, held, del); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
+	}
+	if err := del.flush(octx); err != nil {
+		firstErr = cmpErr(firstErr, err)
 	}
 	n.mu.Lock()
 	for k := range n.claimCache {
@@ -69,7 +73,7 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	return firstErr
 }
 
-func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool) error {
+func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool, del *copyDeleter) error {
 	n.mu.Lock()
 	cached, ok := n.claimCache[ci.key]
 	n.mu.Unlock()
@@ -141,7 +145,7 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held m
 			if c.Handoff {
 				how = "handoff"
 			}
-			return n.complete(ctx, e, c, how)
+			return n.complete(ctx, e, c, how, del)
 		case !errors.Is(err, store.ErrNotFound):
 			return fmt.Errorf("stat old copy: %w", err)
 		}

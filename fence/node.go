@@ -255,12 +255,18 @@ func (n *Node) TakeoverPending() bool {
 }
 
 // NextScan is the wait before the next scan step: none while a takeover
-// has entries left, the scan interval otherwise.
+// has entries left; otherwise the scan interval, or less when a silent
+// peer reaches TTL + grace sooner, so that it is declared dead on time
+// rather than up to a scan interval late.
 func (n *Node) NextScan() time.Duration {
 	if n.TakeoverPending() {
 		return 0
 	}
-	return n.scanInterval()
+	d := n.scanInterval()
+	if dl, ok := n.UntilPeerDeadline(); ok && dl < d {
+		d = dl
+	}
+	return d
 }
 
 func watchdogEvery(ttl time.Duration) time.Duration {

@@ -30,6 +30,9 @@ type flaky struct {
 	// onPut and onGet, when set (before the node runs), are called
 	// before each Put and Get.
 	onPut, onGet func(key string)
+	// deletes and batches count Delete and DeleteMany calls; failBatches
+	// is how many DeleteMany calls still fail.
+	deletes, batches, failBatches atomic.Int64
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -72,12 +75,17 @@ func (f *flaky) Delete(ctx context.Context, key string) error {
 	if f.down.Load() {
 		return errDown
 	}
+	f.deletes.Add(1)
 	return f.Store.Delete(ctx, key)
 }
 
 func (f *flaky) DeleteMany(ctx context.Context, keys []string) error {
 	if f.down.Load() {
 		return errDown
+	}
+	f.batches.Add(1)
+	if f.failBatches.Add(-1) >= 0 {
+		return &store.OpError{Op: "delete many", Kind: store.KindPermanent, Code: "AccessDenied", Err: errors.New("refused")}
 	}
 	return f.Store.DeleteMany(ctx, keys)
 }
@@ -240,17 +248,23 @@ func TestTakeoverOfKilledNode(t *testing.T) {
 	}
 }
 
+// killedWithBacklog starts nodes a and b, queues entries on a and kills
+// a once they are mirrored; b is the survivor.
+func killedWithBacklog(t *testing.T, entries int) (*cluster, *tnode) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.enqueue("a", 0, entries)
+	c.runFor(time.Second)
+	c.nodes["a"].alive = false
+	return c, c.nodes["b"]
+}
+
 // TestTakeoverRoundsFollowAtOnce: a takeover round whose listing grows
 // older than a TTL stops with entries left; the node says so, and the
 // next scan step follows at once (NextScan 0) and carries on until every
 // entry is restored.
 func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
-	c := newCluster(t, "a", "b")
-	c.runFor(2 * time.Second)
-	c.enqueue("a", 0, 60)
-	c.runFor(time.Second)
-	c.nodes["a"].alive = false
-	b := c.nodes["b"]
+	c, b := killedWithBacklog(t, 60)
 	// Every claim b writes takes a twentieth of a TTL, so a round
 	// restores about 20 entries before its listing is too old; b renews
 	// its lease meanwhile, as its renewal loop would.
@@ -294,6 +308,78 @@ func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
 	}
 	if d := b.n.NextScan(); d <= 0 {
 		t.Errorf("NextScan after the takeover = %v, want the scan interval", d)
+	}
+}
+
+// TestDeadPeerDeclaredOnTime: a node that schedules its scans by
+// NextScan declares a silent peer dead the moment its silence reaches
+// TTL + grace, not up to a scan interval later.
+func TestDeadPeerDeclaredOnTime(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.nodes["a"].alive = false
+	b := c.nodes["b"]
+	ctx := context.Background()
+	deadAfter := ttl + grace
+	for i := 0; i < 100; i++ {
+		d := b.n.NextScan()
+		if d <= 0 || d > ttl/3 {
+			t.Fatalf("NextScan = %v, want within (0, TTL/3]", d)
+		}
+		c.clock.Advance(d)
+		b.n.CheckFence(ctx)
+		_ = b.n.Renew(ctx)
+		b.n.ScanStep(ctx)
+		for _, p := range b.n.Peers() {
+			if p.Node != "a" || p.Lease.State != fence.StateDead {
+				continue
+			}
+			if p.Silence < deadAfter || p.Silence > deadAfter+time.Millisecond {
+				t.Fatalf("a declared dead after %v of silence, want %v", p.Silence, deadAfter)
+			}
+			return
+		}
+	}
+	t.Fatal("a was never declared dead")
+}
+
+// TestTakeoverDeletesOldCopiesInBatches: the old copies of restored
+// entries go in a few DeleteMany calls, not one DELETE each; a batch the
+// store refuses leaves copies that the next round deletes, and nothing
+// is restored twice.
+func TestTakeoverDeletesOldCopiesInBatches(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		failBatches int64
+	}{
+		{"batches", 0},
+		{"refused batch", 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, b := killedWithBacklog(t, 120)
+			b.st.deletes.Store(0)
+			b.st.batches.Store(0)
+			b.st.failBatches.Store(tc.failBatches)
+			c.runFor(ttl + grace + 3*time.Second)
+			if v, _ := c.count("b"); v != 120 {
+				t.Fatalf("b restored %d entries, want 120", v)
+			}
+			if n := c.storeKeys("q/a/"); n != 0 {
+				t.Fatalf("dead node's namespace still holds %d copies", n)
+			}
+			restored := 0
+			for _, e := range b.local.Visible() {
+				if n := b.local.Stages(e); n != 1 {
+					t.Errorf("%s staged %d times, want once", e, n)
+				}
+				restored++
+			}
+			dels, batches := b.st.deletes.Load(), b.st.batches.Load()
+			t.Logf("%d entries: %d DeleteMany calls, %d single deletes", restored, batches, dels)
+			if tc.failBatches == 0 && (dels != 0 || batches > 10) {
+				t.Errorf("%d single deletes and %d batches for 120 old copies, want none and a few", dels, batches)
+			}
+		})
 	}
 }
 

@@ -131,6 +131,32 @@ func (n *Node) Scan(ctx context.Context) error {
 
 func (n *Node) deadAfter() time.Duration { return n.cfg.TTL + n.cfg.Grace }
 
+// UntilPeerDeadline is the time from now until the first peer that went
+// silent since the last scan reaches TTL + grace of silence, the moment a
+// scan may declare it dead; ok is false when no peer is silent or the
+// node may not judge. A peer already past it (its lease could not be
+// read, say) is left to the normal scan interval.
+func (n *Node) UntilPeerDeadline() (time.Duration, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state != StateLive && n.state != StateDraining || n.lastScan.IsZero() {
+		return 0, false
+	}
+	since := n.clock.Now().Sub(n.lastScan)
+	var best time.Duration
+	ok := false
+	for _, p := range n.peers {
+		if !p.known() || p.dead() || p.silence <= 0 || p.silence >= n.deadAfter() {
+			continue
+		}
+		left := max(n.deadAfter()-p.silence-since, 0)
+		if !ok || left < best {
+			best, ok = left, true
+		}
+	}
+	return best, ok
+}
+
 func (n *Node) readPeer(ctx context.Context, p *peer) {
 	data, info, err := store.GetBytes(ctx, n.st, n.cfg.Layout.LeaseKey(p.node))
 	if err != nil {

@@ -79,13 +79,17 @@ func (n *Node) Takeover(ctx context.Context) error {
 		// since (2 TTL after its entry finished) would let a stale copy's
 		// entry be claimed afresh. The next round lists again.
 		listed := n.clock.Now()
+		del := n.newCopyDeleter()
 		if err := n.parallel(octx, mine, func(r MirrorRef) error {
 			if n.clock.Now().Sub(listed) > n.cfg.TTL {
 				more.Store(true)
 				return nil
 			}
-			return n.takeoverEntry(octx, r, epoch)
+			return n.takeoverEntry(octx, r, epoch, del)
 		}); err != nil {
+			firstErr = cmpErr(firstErr, err)
+		}
+		if err := del.flush(octx); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
@@ -175,7 +179,7 @@ func (n *Node) clearInflight(e Entry) {
 }
 
 // takeoverEntry wins r's entry with a conditional claim and restores it.
-func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) error {
+func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64, del *copyDeleter) error {
 	if !n.markInflight(r.Entry) {
 		return nil
 	}
@@ -196,9 +200,9 @@ func (n *Node) takeoverEntry(ctx context.Context, r MirrorRef, epoch uint64) err
 	done := n.restored[r.Entry] == epoch
 	n.mu.Unlock()
 	if done || c.From != r.Node || c.FromEpoch != r.Epoch {
-		return n.secondCopy(ctx, r, c, epoch)
+		return n.secondCopy(ctx, r, c, epoch, del)
 	}
-	if err := n.complete(ctx, r.Entry, c, "takeover"); err != nil {
+	if err := n.complete(ctx, r.Entry, c, "takeover", del); err != nil {
 		return err
 	}
 	n.m.takeoverSecs.Observe(n.clock.Now().Sub(began).Seconds())
@@ -264,10 +268,10 @@ func (n *Node) restoredAs(e Entry, c Claim) Entry {
 }
 
 // complete fetches the copy claim c points at, stages and releases it
-// locally, and only then deletes the copy (G1: the entry is always in the
-// store or in a durable local file, and in the store again before the old
-// copy goes).
-func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string) error {
+// locally, and only then hands the copy to del for deletion (G1: the
+// entry is always in the store or in a durable local file, and in the
+// store again before the old copy goes).
+func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string, del *copyDeleter) error {
 	src := n.cfg.Layout.MirrorKey(c.From, c.FromEpoch, e)
 	data, _, err := store.GetBytes(ctx, n.st, src)
 	if errors.Is(err, store.ErrNotFound) {
@@ -291,12 +295,9 @@ func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string) error
 	n.mu.Lock()
 	n.restored[e] = c.Epoch
 	n.mu.Unlock()
-	if err := retry(ctx, n.clock, time.Second, func() error { return n.st.Delete(ctx, src) }); err != nil {
-		return fmt.Errorf("delete old copy: %w", err)
-	}
 	n.m.takeovers.WithLabelValues(how).Inc()
 	n.log.Info("restored", "entry", target.String(), "from", c.From, "epoch", c.Epoch, "token", c.Token, "how", how)
-	return nil
+	return del.add(ctx, src)
 }
 
 // secondCopy handles r, a copy of an entry that this node already claimed
@@ -306,7 +307,7 @@ func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string) error
 // claimed copy is still there, that one is restored first and r waits for
 // the next round; if neither, r is the entry's only copy and the claim is
 // pointed at it.
-func (n *Node) secondCopy(ctx context.Context, r MirrorRef, c Claim, epoch uint64) error {
+func (n *Node) secondCopy(ctx context.Context, r MirrorRef, c Claim, epoch uint64, del *copyDeleter) error {
 	e := r.Entry
 	target := n.restoredAs(e, c)
 	n.mu.Lock()
@@ -323,7 +324,7 @@ func (n *Node) secondCopy(ctx context.Context, r MirrorRef, c Claim, epoch uint6
 	_, err := n.st.Stat(ctx, n.cfg.Layout.MirrorKey(c.From, c.FromEpoch, e))
 	switch {
 	case err == nil:
-		return n.complete(ctx, e, c, "takeover")
+		return n.complete(ctx, e, c, "takeover", del)
 	case !errors.Is(err, store.ErrNotFound):
 		return fmt.Errorf("stat claimed copy: %w", err)
 	}
@@ -337,5 +338,5 @@ func (n *Node) secondCopy(ctx context.Context, r MirrorRef, c Claim, epoch uint6
 		return err
 	}
 	n.log.Info("claimed", "entry", e.String(), "from", r.Node, "from_epoch", r.Epoch, "epoch", epoch, "token", next.Token)
-	return n.complete(ctx, e, next, "takeover")
+	return n.complete(ctx, e, next, "takeover", del)
 }

@@ -200,7 +200,12 @@ func (inc *incarnation) loopScan() {
 		if busy {
 			d /= 2
 		}
-		sn.at(inc.w.now+sn.every(d), classSidecar, inc.loopScan)
+		next := inc.w.now + sn.every(d)
+		if dl, ok := n.UntilPeerDeadline(); ok {
+			// As NextScan does: a silent peer is judged on time.
+			next = min(next, inc.w.now+sn.clock.simDur(dl))
+		}
+		sn.at(next, classSidecar, inc.loopScan)
 	})
 }
 

@@ -23,6 +23,7 @@ type Local struct {
 	held   map[fence.Entry][]byte
 	keys   map[fence.Entry]string
 	gone   map[fence.Entry]string
+	stages map[fence.Entry]int
 }
 
 type file struct {
@@ -45,6 +46,7 @@ func (l *Local) Wipe() {
 	l.held = make(map[fence.Entry][]byte)
 	l.keys = make(map[fence.Entry]string)
 	l.gone = make(map[fence.Entry]string)
+	l.stages = make(map[fence.Entry]int)
 }
 
 // SetGate replaces the gate function (a restarted node has a new coordinator).
@@ -195,6 +197,7 @@ func (l *Local) Held() []fence.Entry {
 func (l *Local) Stage(e fence.Entry, data []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.stages[e]++
 	if _, ok := l.files[e]; ok {
 		return nil
 	}
@@ -202,6 +205,14 @@ func (l *Local) Stage(e fence.Entry, data []byte) error {
 		l.held[e] = append([]byte(nil), data...)
 	}
 	return nil
+}
+
+// Stages says how often e was staged since the last Wipe: a takeover
+// or handoff stages an entry once.
+func (l *Local) Stages(e fence.Entry) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stages[e]
 }
 
 // Mirror implements fence.Local.
