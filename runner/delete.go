@@ -35,7 +35,7 @@ type delItem struct {
 
 // queueDeleteLocked queues the delete of key, a copy of e.
 func (m *Mirror) queueDeleteLocked(kind delKind, key string, e fence.Entry, barrier uint64) {
-	m.delQueue = append(m.delQueue, &delItem{seq: m.dels.add(), kind: kind, key: key, e: e, barrier: barrier})
+	m.delQueue = append(m.delQueue, &delItem{seq: m.dels.add(m.clock.Now()), kind: kind, key: key, e: e, barrier: barrier})
 	m.met.DeletesPending.Set(float64(m.dels.pending()))
 	signal(m.delWake)
 }

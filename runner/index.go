@@ -87,18 +87,18 @@ type upload struct {
 }
 
 // tracker hands out increasing sequence numbers and tracks the lowest one
-// not yet done (the low watermark).
+// not yet done (the low watermark), with the time each was handed out.
 type tracker struct {
 	next, low uint64
-	open      map[uint64]struct{}
+	open      map[uint64]time.Time
 }
 
-func newTracker() tracker { return tracker{next: 1, low: 1, open: make(map[uint64]struct{})} }
+func newTracker() tracker { return tracker{next: 1, low: 1, open: make(map[uint64]time.Time)} }
 
-func (t *tracker) add() uint64 {
+func (t *tracker) add(now time.Time) uint64 {
 	s := t.next
 	t.next++
-	t.open[s] = struct{}{}
+	t.open[s] = now
 	return s
 }
 
@@ -114,6 +114,12 @@ func (t *tracker) done(s uint64) bool {
 		moved = true
 	}
 	return moved
+}
+
+// oldest is when the lowest open sequence number was handed out.
+func (t *tracker) oldest() (time.Time, bool) {
+	at, ok := t.open[t.low]
+	return at, ok
 }
 
 func (t *tracker) pending() int { return len(t.open) }

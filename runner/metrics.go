@@ -1,6 +1,11 @@
 package runner
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the mirror's Prometheus metrics. Create them with
 // NewMetrics; one set per Mirror.
@@ -30,6 +35,30 @@ type Metrics struct {
 	Ignored *prometheus.CounterVec
 	// Rescans counts full rescans of the queue directories by reason.
 	Rescans *prometheus.CounterVec
+	// OldestUpload is the age of the oldest upload still queued or
+	// running: how far the mirror is behind, right now.
+	OldestUpload prometheus.GaugeFunc
+	// OldestDelete is the age of the oldest delete still waiting: a
+	// finished entry whose copy is still in the store would run again if
+	// the node died now, so this is the window for such re-runs.
+	OldestDelete prometheus.GaugeFunc
+
+	// ages reports the oldest pending upload's and delete's ages; set by
+	// the Mirror that uses these metrics.
+	ages atomic.Pointer[func() (up, del time.Duration)]
+}
+
+// age reads the mirror's pending ages, zero before a Mirror is attached.
+func (m *Metrics) age(del bool) float64 {
+	f := m.ages.Load()
+	if f == nil {
+		return 0
+	}
+	up, d := (*f)()
+	if del {
+		return d.Seconds()
+	}
+	return up.Seconds()
 }
 
 // LagBuckets are the mirror lag histogram's buckets, in seconds.
@@ -89,9 +118,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Full rescans of the queue directories by reason.",
 		}, []string{"reason"}),
 	}
+	m.OldestUpload = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mmsidecar_oldest_upload_seconds",
+		Help: "Age of the oldest upload still queued or running (0: none).",
+	}, func() float64 { return m.age(false) })
+	m.OldestDelete = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "mmsidecar_oldest_delete_seconds",
+		Help: "Age of the oldest delete of a copy still waiting, mostly finished entries' copies (0: none).",
+	}, func() float64 { return m.age(true) })
 	if reg != nil {
 		reg.MustRegister(m.Lag, m.UploadsPending, m.DeletesPending, m.Entries, m.Held,
-			m.Uploads, m.UploadBytes, m.Deletes, m.UploadErrors, m.DeleteErrors, m.Ignored, m.Rescans)
+			m.Uploads, m.UploadBytes, m.Deletes, m.UploadErrors, m.DeleteErrors, m.Ignored, m.Rescans,
+			m.OldestUpload, m.OldestDelete)
 	}
 	return m
 }

@@ -165,6 +165,8 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 		sweepWake:  make(chan struct{}, 1),
 		rescanWake: make(chan struct{}, 1),
 	}
+	ages := mr.pendingAges
+	m.ages.Store(&ages)
 	if err := fsys.MkdirAll(mr.holdDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create hold area: %w", err)
 	}
@@ -274,6 +276,20 @@ func (m *Mirror) watchQueues() {
 
 // Ready reports whether the first Reconcile is done.
 func (m *Mirror) Ready() bool { return m.ready.Load() }
+
+// pendingAges returns the ages of the oldest pending upload and delete.
+func (m *Mirror) pendingAges() (up, del time.Duration) {
+	now := m.clock.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if at, ok := m.ups.oldest(); ok {
+		up = max(now.Sub(at), 0)
+	}
+	if at, ok := m.dels.oldest(); ok {
+		del = max(now.Sub(at), 0)
+	}
+	return up, del
+}
 
 // notifyLocked wakes Flush waiters.
 func (m *Mirror) notifyLocked() {

@@ -254,6 +254,10 @@ func TestStoreOutageDropsNothing(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		h.enqueue("pipeline", fmt.Sprintf("p%d", i))
 	}
+	// The outage shows as the age of the oldest pending upload and delete.
+	waitFor(t, "oldest pending upload and delete ages grow", func() bool {
+		return testutil.ToFloat64(h.met.OldestUpload) > 0.05 && testutil.ToFloat64(h.met.OldestDelete) > 0.05
+	})
 	fs.down.Store(false)
 	live := h.liveKeys(1)
 	if len(live) != 25 {
@@ -267,6 +271,9 @@ func TestStoreOutageDropsNothing(t *testing.T) {
 	}
 	if s := h.m.Stats(); s.PendingUploads != 0 || s.PendingDeletes != 0 {
 		t.Errorf("pending after flush: %+v", s)
+	}
+	if up, del := testutil.ToFloat64(h.met.OldestUpload), testutil.ToFloat64(h.met.OldestDelete); up != 0 || del != 0 {
+		t.Errorf("oldest pending upload %vs, delete %vs after flush, want 0", up, del)
 	}
 }
 

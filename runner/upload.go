@@ -22,7 +22,7 @@ func (m *Mirror) requestUploadLocked(st *entryState) {
 		st.again = true
 		return
 	}
-	u := &upload{seq: m.ups.add(), st: st}
+	u := &upload{seq: m.ups.add(m.clock.Now()), st: st}
 	if st.seenCtime != 0 {
 		u.since = time.Unix(0, st.seenCtime)
 	}
