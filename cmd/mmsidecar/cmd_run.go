@@ -78,7 +78,10 @@ func startupProbe(ctx context.Context, cfg *Config, st store.Store, log *slog.Lo
 	for {
 		err := ping()
 		if err == nil {
-			rep := probe.Run(ctx, st, probe.Options{Prefix: prefix})
+			// The sidecar's conditional writes (leases, claims) are all
+			// small: the large-write probe is left to 'mmsidecar check',
+			// so that a restart renews the node's lease seconds sooner.
+			rep := probe.Run(ctx, st, probe.Options{Prefix: prefix, SkipLarge: true})
 			if rep.Safe() {
 				log.Info("store probe passed: conditional writes are honoured")
 				return nil

@@ -66,6 +66,9 @@ func checkSafeRun(t *testing.T, s store.Store, opt Options) Report {
 		}
 	}
 	want := []string{NameCreate, NameCAS, NameStale, NameLarge, NameErrors, NameCleanup}
+	if opt.SkipLarge {
+		want = slices.DeleteFunc(want, func(n string) bool { return n == NameLarge })
+	}
 	if !slices.Equal(names, want) {
 		t.Fatalf("probes %q, want %q", names, want)
 	}
@@ -83,6 +86,14 @@ func TestMemstoreIsSafe(t *testing.T) {
 	if d := rep.Results[0].Detail; d != "8 writers x 3 rounds: one winner each round" {
 		t.Errorf("create detail %q", d)
 	}
+}
+
+// TestSkipLarge: the start-up probe leaves the large write out and runs
+// every other probe.
+func TestSkipLarge(t *testing.T) {
+	opt := testOptions
+	opt.SkipLarge = true
+	checkSafeRun(t, memstore.New(), opt)
 }
 
 func TestDirstoreIsSafe(t *testing.T) {
