@@ -51,6 +51,7 @@ func TestAnalyze(t *testing.T) {
 		unknown     int
 		byTwoNodes  int
 		faultToDone time.Duration
+		window      time.Duration
 	}{
 		{name: "clean", injected: []string{"m1", "m2"}, ledger: cat(full("m1", "a", 0), full("m2", "b", 0)), complete: 2},
 		{name: "lost", injected: []string{"m1", "m2"}, ledger: cat(full("m1", "a", 0), full("m2", "b", 0)[:2]), complete: 1, lost: []string{"m2"}},
@@ -91,6 +92,9 @@ func TestAnalyze(t *testing.T) {
 		{name: "finished long before the kill", injected: []string{"m1"}, faultAt: 9,
 			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
 			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, staleDups: 3, byTwoNodes: 3, faultToDone: 3 * time.Second},
+		{name: "finished long before the kill, but the node said its deletes were behind", injected: []string{"m1"}, faultAt: 9, window: 10 * time.Second,
+			ledger: cat(full("m1", "a", 0), []ledgerEntry{hopRun("in", "m1", "b", 10, "1.0+m1in"), hopRun("pipeline", "m1", "b", 11, "9.0+x"), hopRun("out", "m1", "b", 12, "9.1+y")}),
+			stale:  map[string]bool{"in/1.0+m1in": true}, complete: 1, dups: 3, allowed: 3, unmirrored: 3, byTwoNodes: 3, faultToDone: 3 * time.Second},
 		{name: "unknown message", injected: []string{"m1"}, ledger: cat(full("m1", "a", 0), full("zz", "a", 0)), complete: 1, unknown: 3},
 		{name: "fault to done", injected: []string{"m1"}, ledger: full("m1", "a", 100), complete: 1, faultToDone: 52 * time.Second},
 	}
@@ -103,7 +107,7 @@ func TestAnalyze(t *testing.T) {
 			if tc.faultAt > 0 {
 				fault = at(tc.faultAt)
 			}
-			v := analyze(tc.name, tc.injected, tc.ledger, tc.inFlight, tc.stale, fault)
+			v := analyze(tc.name, tc.injected, tc.ledger, tc.inFlight, tc.stale, fault, tc.window)
 			if v.Complete != tc.complete || strings.Join(v.Lost, ",") != strings.Join(tc.lost, ",") ||
 				v.Dups != tc.dups || v.AllowedDups != tc.allowed || len(v.Violations) != tc.violations ||
 				len(v.Stale) != tc.staleDups || v.Unmirrored != tc.unmirrored || len(v.Unknown) != tc.unknown || v.ByTwoNodes != tc.byTwoNodes ||

@@ -83,8 +83,11 @@ func testKillNode(t *testing.T, m *storetest.MinIO) {
 	for _, n := range survivors {
 		moved += s.delta(n, n.mustMetrics(), "mmsidecar_transfers_total")
 	}
-	if int(moved) < atKill {
-		t.Errorf("survivors report %v transfers for %d copies of the dead node", moved, atKill)
+	// Copies of entries the victim had finished may still go after the
+	// listing: a delete batch it sent before the kill can reach MinIO
+	// after it. Every other copy must have been restored.
+	if live := atKill - len(s.staleAtKill); int(moved) < live {
+		t.Errorf("survivors report %v transfers for %d copies of the dead node (%d of entries it had not finished)", moved, atKill, live)
 	}
 
 	// The node comes back on the same disk: sidecar first, then its

@@ -129,8 +129,16 @@ type scenario struct {
 	// deleteWait is how long the store may take to let the last copies
 	// go once everything is finished (default 15 s).
 	deleteWait time.Duration
-	// before is every node's metrics just before the fault.
+	// before is every node's metrics just before the fault, scraped at
+	// snapAt.
 	before map[string]metricSet
+	snapAt time.Time
+	// staleWindow is how long before a kill an entry may have finished
+	// and still be re-run from its undeleted copy: the mirror's lag bound
+	// (unmirroredWindow), or more when the killed node's own metrics said
+	// its oldest pending delete was older (the mirror was behind, and
+	// said so).
+	staleWindow time.Duration
 }
 
 func newScenario(t *testing.T, m storeServer, name string, opt clusterOptions) *scenario {
@@ -168,10 +176,35 @@ func (s *scenario) tag() string {
 func (s *scenario) snapshot() {
 	s.t.Helper()
 	s.before = make(map[string]metricSet)
+	s.snapAt = time.Now()
 	for _, n := range s.c.nodes {
 		s.before[n.id] = n.mustMetrics()
 	}
 }
+
+// deleteLagAtKill sets staleWindow from n's oldest pending delete at the
+// snapshot: every copy still waiting for its delete at the kill was
+// queued after that one (or after the snapshot), so its entry finished
+// at most that long before the kill, plus the time the mirror takes to
+// notice a finished entry (deleteNoticeSlack).
+func (s *scenario) deleteLagAtKill(n *node) {
+	set, ok := s.before[n.id]
+	if !ok || s.faultAt.IsZero() {
+		return
+	}
+	age := time.Duration(set.sum("mmsidecar_oldest_delete_seconds") * float64(time.Second))
+	w := age + s.faultAt.Sub(s.snapAt) + deleteNoticeSlack
+	if w <= unmirroredWindow {
+		return
+	}
+	s.staleWindow = w
+	report.addf(s.t, "%s: %s's mirror was behind its lag bound at the kill: its oldest pending delete was %s old at the snapshot (bound %s); finished entries re-run from copies it had not deleted yet are allowed within %s",
+		s.name, n.id, ms(age), unmirroredWindow, ms(w))
+}
+
+// deleteNoticeSlack is how long the mirror may take from an entry's
+// finish to queueing the delete of its copy.
+const deleteNoticeSlack = time.Second
 
 // delta returns a metric's growth on node n since snapshot.
 func (s *scenario) delta(n *node, now metricSet, name string, match ...string) float64 {
@@ -204,6 +237,7 @@ func (s *scenario) recordKill(n *node) (queued, unmirrored int) {
 			s.staleAtKill[k] = true
 		}
 	}
+	s.deleteLagAtKill(n)
 	bak, err := idsOf(files, func(f localFile) bool { return !f.Held && f.Ext == fence.ExtBak })
 	if err != nil {
 		s.t.Fatal(err)
@@ -342,7 +376,7 @@ func (s *scenario) leftovers() string {
 func (s *scenario) judge(strict bool, note string) verdict {
 	s.t.Helper()
 	led := s.c.ledger()
-	v := analyze(s.name, s.c.injectedIDs(), led, s.inFlight, s.staleAtKill, s.faultAt)
+	v := analyze(s.name, s.c.injectedIDs(), led, s.inFlight, s.staleAtKill, s.faultAt, s.staleWindow)
 	v.Breaches = g2Breaches(led, restoresOf(s.c.nodes))
 	if len(s.leaked) > 0 {
 		note += fmt.Sprintf("; LEAKED copies %v", s.leaked)

@@ -67,9 +67,12 @@ func hopIndex(queue string) int {
 // staleAtKill holds "<queue>/<base>" of copies that were in the killed
 // node's namespace although the entry was no longer on its disk: finished
 // there, not yet deleted from the store. A re-run they explain is allowed
-// once when the entry finished within unmirroredWindow before faultAt;
-// otherwise it is a violation, counted in Stale.
-func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[hopID]bool, staleAtKill map[string]bool, faultAt time.Time) verdict {
+// once when the entry finished within window (unmirroredWindow when
+// zero) before faultAt; otherwise it is a violation, counted in Stale.
+func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[hopID]bool, staleAtKill map[string]bool, faultAt time.Time, window time.Duration) verdict {
+	if window <= 0 {
+		window = unmirroredWindow
+	}
 	v := verdict{Scenario: name, Injected: len(injected), HopRuns: len(ledger), InFlight: len(inFlight)}
 	known := make(map[string]bool, len(injected))
 	for _, id := range injected {
@@ -103,7 +106,7 @@ func analyze(name string, injected []string, ledger []ledgerEntry, inFlight map[
 	}
 	// finished within the window before the kill
 	recent := func(at time.Time) bool {
-		return !faultAt.IsZero() && !at.After(faultAt) && faultAt.Sub(at) <= unmirroredWindow
+		return !faultAt.IsZero() && !at.After(faultAt) && faultAt.Sub(at) <= window
 	}
 	allowance := func(id string, hop int) (inflight, fresh, old int) {
 		for _, h := range inFlightHops[id] {
