@@ -32,7 +32,7 @@ type Config struct {
 	// MaxTransfers is how often an entry may move between nodes before it
 	// is preserved in bad instead (G6).
 	MaxTransfers int
-	// Concurrency bounds parallel takeovers (default 16).
+	// Concurrency bounds parallel takeovers and settles (default 16).
 	Concurrency int
 }
 
