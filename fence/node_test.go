@@ -33,6 +33,8 @@ type flaky struct {
 	// deletes and batches count Delete and DeleteMany calls; failBatches
 	// is how many DeleteMany calls still fail.
 	deletes, batches, failBatches atomic.Int64
+	// listDown fails List alone (the store still takes writes).
+	listDown atomic.Bool
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -65,7 +67,7 @@ func (f *flaky) Stat(ctx context.Context, key string) (store.Info, error) {
 }
 
 func (f *flaky) List(ctx context.Context, prefix string, fn func(store.Info) error) error {
-	if f.down.Load() {
+	if f.down.Load() || f.listDown.Load() {
 		return errDown
 	}
 	return f.Store.List(ctx, prefix, fn)
@@ -341,6 +343,38 @@ func TestDeadPeerDeclaredOnTime(t *testing.T) {
 		}
 	}
 	t.Fatal("a was never declared dead")
+}
+
+// TestFailingScansAreNotRepeatedInALoop: once a silent peer's deadline
+// has passed without a scan (the listings fail), the node goes back to
+// the normal scan interval instead of scanning again at once.
+func TestFailingScansAreNotRepeatedInALoop(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	c.runFor(2 * time.Second)
+	c.nodes["a"].alive = false
+	b := c.nodes["b"]
+	ctx := context.Background()
+	// Let a's silence start accruing, then fail b's listings.
+	for i := 0; i < 3; i++ {
+		c.clock.Advance(b.n.NextScan())
+		_ = b.n.Renew(ctx)
+		b.n.ScanStep(ctx)
+	}
+	b.st.listDown.Store(true)
+	short := 0
+	for i := 0; i < 40; i++ {
+		d := b.n.NextScan()
+		if d < ttl/30 {
+			short++
+		}
+		c.clock.Advance(max(d, time.Millisecond))
+		b.n.CheckFence(ctx)
+		_ = b.n.Renew(ctx)
+		b.n.ScanStep(ctx)
+	}
+	if short > 1 {
+		t.Errorf("%d of 40 waits between failing scans were under TTL/30: scanning in a loop", short)
+	}
 }
 
 // TestTakeoverDeletesOldCopiesInBatches: the old copies of restored

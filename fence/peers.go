@@ -133,24 +133,29 @@ func (n *Node) deadAfter() time.Duration { return n.cfg.TTL + n.cfg.Grace }
 
 // UntilPeerDeadline is the time from now until the first peer that went
 // silent since the last scan reaches TTL + grace of silence, the moment a
-// scan may declare it dead; ok is false when no peer is silent or the
-// node may not judge. A peer already past it (its lease could not be
-// read, say) is left to the normal scan interval.
+// scan may declare it dead; ok is false when no such moment lies ahead.
+// Silence only accrues while this node's own renewals work (see Scan), so
+// there is none while they fail; and a deadline already passed (the last
+// scans failed, or the peer's lease could not be read) is left to the
+// normal scan interval, so that a failing store is not scanned in a loop.
 func (n *Node) UntilPeerDeadline() (time.Duration, bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.state != StateLive && n.state != StateDraining || n.lastScan.IsZero() {
+	now := n.clock.Now()
+	judging := (n.state == StateLive || n.state == StateDraining) && !n.lastScan.IsZero() &&
+		now.Sub(n.renewedAt) <= 2*n.renewEvery()
+	if !judging {
 		return 0, false
 	}
-	since := n.clock.Now().Sub(n.lastScan)
+	since := now.Sub(n.lastScan)
 	var best time.Duration
 	ok := false
 	for _, p := range n.peers {
-		if !p.known() || p.dead() || p.silence <= 0 || p.silence >= n.deadAfter() {
+		if !p.known() || p.dead() || p.silence <= 0 {
 			continue
 		}
-		left := max(n.deadAfter()-p.silence-since, 0)
-		if !ok || left < best {
+		left := n.deadAfter() - p.silence - since
+		if left > 0 && (!ok || left < best) {
 			best, ok = left, true
 		}
 	}
