@@ -317,10 +317,7 @@ func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
 // NextScan declares a silent peer dead the moment its silence reaches
 // TTL + grace, not up to a scan interval later.
 func TestDeadPeerDeclaredOnTime(t *testing.T) {
-	c := newCluster(t, "a", "b")
-	c.runFor(2 * time.Second)
-	c.nodes["a"].alive = false
-	b := c.nodes["b"]
+	c, b := killedWithBacklog(t, 0)
 	ctx := context.Background()
 	deadAfter := ttl + grace
 	for i := 0; i < 100; i++ {
@@ -349,10 +346,7 @@ func TestDeadPeerDeclaredOnTime(t *testing.T) {
 // has passed without a scan (the listings fail), the node goes back to
 // the normal scan interval instead of scanning again at once.
 func TestFailingScansAreNotRepeatedInALoop(t *testing.T) {
-	c := newCluster(t, "a", "b")
-	c.runFor(2 * time.Second)
-	c.nodes["a"].alive = false
-	b := c.nodes["b"]
+	c, b := killedWithBacklog(t, 0)
 	ctx := context.Background()
 	// Let a's silence start accruing, then fail b's listings.
 	for i := 0; i < 3; i++ {
