@@ -86,8 +86,12 @@ func runOutage(t *testing.T, s *scenario, o storeOutage) {
 			quarantined[k] = true
 		}
 	}
-	if len(quarantined) < min(100, s.entries/20) {
-		t.Errorf("only %d entries quarantined: the outage did not meet a backlog", len(quarantined))
+	want := s.minQuarantine
+	if want == 0 {
+		want = min(100, s.entries/20)
+	}
+	if len(quarantined) < want {
+		t.Errorf("only %d entries quarantined (want %d): the outage did not meet a backlog", len(quarantined), want)
 	}
 
 	// Entries born during the outage are unknown to every peer: the

@@ -129,6 +129,9 @@ type scenario struct {
 	// deleteWait is how long the store may take to let the last copies
 	// go once everything is finished (default 15 s).
 	deleteWait time.Duration
+	// minQuarantine is the fewest entries a store outage must find
+	// queued and quarantine (default min(100, entries/20)).
+	minQuarantine int
 	// before is every node's metrics just before the fault, scraped at
 	// snapAt.
 	before map[string]metricSet
