@@ -80,7 +80,7 @@ func (n *Node) Takeover(ctx context.Context) error {
 		// entry be claimed afresh. The next round lists again.
 		listed := n.clock.Now()
 		del := n.newCopyDeleter()
-		if err := n.parallel(octx, mine, func(r MirrorRef) error {
+		if err := forEach(octx, n.cfg.Concurrency, mine, func(r MirrorRef) error {
 			if n.clock.Now().Sub(listed) > n.cfg.TTL {
 				more.Store(true)
 				return nil
@@ -125,12 +125,6 @@ func (n *Node) listNamespace(ctx context.Context, node string, from, to uint64) 
 		return nil, fmt.Errorf("list namespace %s: %w", node, err)
 	}
 	return refs, nil
-}
-
-// parallel runs f over refs with the configured concurrency and returns
-// the first error.
-func (n *Node) parallel(ctx context.Context, refs []MirrorRef, f func(MirrorRef) error) error {
-	return forEach(ctx, n.cfg.Concurrency, refs, f)
 }
 
 // forEach runs f over items, at most limit at a time, stops starting new
