@@ -85,6 +85,13 @@ func StartCluster(t testing.TB, opts ...ClusterOption) *Cluster {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.shutdown)
+	// A failed test shows what the servers said: a refused write or a
+	// lost quorum is explained, if at all, in their logs.
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("MinIO cluster logs:\n%s", c.logTails())
+		}
+	})
 	if err := c.startFresh(); err != nil {
 		t.Fatal(err)
 	}
@@ -319,16 +326,69 @@ func (c *Cluster) WriteQuorum(ctx context.Context) (bool, error) {
 	return resp.StatusCode == http.StatusOK, nil
 }
 
-// WaitWriteQuorum waits until the cluster has write quorum.
+// WaitWriteQuorum waits until every running server sees write quorum and
+// takes a write. The cluster health check through the balancer is one
+// server's opinion: right after a start another server may still count
+// its peers' drives offline and refuse writes (SlowDownWrite) for seconds,
+// which is what a test that starts writing at once would meet. So each
+// running (not killed, not paused) server is asked directly, then written
+// to, until the deadline.
 func (c *Cluster) WaitWriteQuorum(timeout time.Duration) error {
 	client, err := healthClient(c.caFile)
 	if err != nil {
 		return err
 	}
-	if err := waitHealth(client, "https://"+c.Endpoint()+"/minio/health/cluster", nil, timeout); err != nil {
-		return fmt.Errorf("no write quorum: %w", err)
+	deadline := time.Now().Add(timeout)
+	for i, m := range c.servers {
+		if !m.serving() {
+			continue
+		}
+		if err := waitHealth(client, m.baseURL()+"/minio/health/cluster", nil, time.Until(deadline)); err != nil {
+			return fmt.Errorf("no write quorum on server %d (%s): %w", i+1, m.Endpoint, err)
+		}
+		if err := waitWritable(m, deadline); err != nil {
+			return fmt.Errorf("server %d (%s) sees write quorum but refuses writes: %w", i+1, m.Endpoint, err)
+		}
 	}
 	return nil
+}
+
+// readyBucket holds the objects WaitWriteQuorum writes.
+const readyBucket = "mmsidecar-ready"
+
+// waitWritable creates readyBucket through m and writes and deletes one
+// object there, retrying transient refusals until deadline.
+func waitWritable(m *MinIO, deadline time.Time) error {
+	s, err := s3store.New(m.Config(readyBucket))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	key := "ready/" + strings.ToLower(rand.Text())
+	for {
+		err = s.CreateBucket(ctx)
+		if err == nil {
+			// A refused write that committed after all is still a write.
+			if _, err = store.PutBytes(ctx, s, key, []byte("ready"), store.Condition{IfAbsent: true}); errors.Is(err, store.ErrPrecondition) {
+				err = nil
+			}
+		}
+		if err == nil {
+			err = s.Delete(ctx, key)
+		}
+		if err == nil {
+			return nil
+		}
+		if store.KindOf(err) != store.KindTransient {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("still refused at the deadline: %w", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // clientTransport is an HTTP transport for the harness's own requests:
