@@ -62,7 +62,8 @@ type NodeStatus struct {
 	// Lease is the node's lease body; nil if it has none.
 	Lease *Lease `json:"lease,omitempty"`
 	// LeaseAge is the time since the lease was last written, by the
-	// writer's wall clock (for humans; no decision uses it).
+	// store's clock against the reader's (for humans; no decision uses
+	// it), to the second on S3.
 	LeaseAge time.Duration `json:"lease_age_ns"`
 	// State is live, settling, draining, dead, or expired when the lease
 	// is older than TTL + grace by wall clock.
@@ -101,7 +102,7 @@ func ReadStatus(ctx context.Context, st store.Store, layout Layout, grace time.D
 		if !ok {
 			return nil
 		}
-		data, _, err := store.GetBytes(ctx, st, in.Key)
+		data, info, err := store.GetBytes(ctx, st, in.Key)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
@@ -114,7 +115,13 @@ func ReadStatus(ctx context.Context, st store.Store, layout Layout, grace time.D
 		}
 		ns := get(id)
 		ns.Lease = &l
-		ns.LeaseAge = now.Sub(l.Wall)
+		// Renewals keep Wall (the epoch's start): the store's time of the
+		// last write says how old the lease is.
+		written := info.Modified
+		if written.IsZero() {
+			written = l.Wall
+		}
+		ns.LeaseAge = now.Sub(written)
 		ns.State = l.State
 		if l.State != StateDead && ns.LeaseAge > time.Duration(l.TTLMillis)*time.Millisecond+grace {
 			ns.State = "expired"

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 )
 
 // Info describes one stored object.
@@ -23,6 +24,10 @@ type Info struct {
 	ETag string
 	// Size is the body length in bytes.
 	Size int64
+	// Modified is when the object was last written, by the store's clock
+	// (to the second on S3); zero where the store does not say, as in the
+	// answer to a Put.
+	Modified time.Time
 }
 
 // Condition says when a Put may take effect. The zero value is an

@@ -35,8 +35,8 @@ type statusNode struct {
 	Epoch uint64 `json:"epoch"`
 	// DeadEpoch: copies at epochs up to it belong to a takeover.
 	DeadEpoch uint64 `json:"dead_epoch"`
-	// LeaseAgeSeconds is the time since the lease was written, by the
-	// writer's wall clock; -1 without a lease.
+	// LeaseAgeSeconds is the time since the store took the lease's last
+	// write, by the store's clock; -1 without a lease.
 	LeaseAgeSeconds float64       `json:"lease_age_seconds"`
 	Entries         int           `json:"entries"`
 	Queues          []statusQueue `json:"queues"`

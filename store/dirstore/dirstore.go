@@ -422,5 +422,5 @@ func readInfo(f *os.File, key string) (store.Info, error) {
 	if err != nil {
 		return store.Info{}, err
 	}
-	return store.Info{Key: key, ETag: etag, Size: st.Size() - int64(headerLen)}, nil
+	return store.Info{Key: key, ETag: etag, Size: st.Size() - int64(headerLen), Modified: st.ModTime()}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
 )
@@ -18,11 +19,17 @@ import (
 // Store is an in-memory store.Store. The zero value is not usable; call New.
 type Store struct {
 	mu      sync.Mutex
-	objects map[string][]byte
+	objects map[string]object
+}
+
+// object is one stored body and when it was written.
+type object struct {
+	data     []byte
+	modified time.Time
 }
 
 // New returns an empty in-memory store.
-func New() *Store { return &Store{objects: make(map[string][]byte)} }
+func New() *Store { return &Store{objects: make(map[string]object)} }
 
 func notFound(op, key string) error {
 	return &store.OpError{Op: op, Key: key, Kind: store.KindNotFound, Code: "NoSuchKey", Err: errors.New("no such key")}
@@ -34,12 +41,12 @@ func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, store.Info,
 		return nil, store.Info{}, &store.OpError{Op: "get", Key: key, Kind: store.KindTransient, Code: "canceled", Err: err}
 	}
 	s.mu.Lock()
-	data, ok := s.objects[key]
+	o, ok := s.objects[key]
 	s.mu.Unlock()
 	if !ok {
 		return nil, store.Info{}, notFound("get", key)
 	}
-	return io.NopCloser(bytes.NewReader(data)), info(key, data), nil
+	return io.NopCloser(bytes.NewReader(o.data)), info(key, o), nil
 }
 
 // Put implements store.Store.
@@ -62,22 +69,23 @@ func (s *Store) Put(ctx context.Context, key string, body io.Reader, size int64,
 		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindPrecondition, Code: "PreconditionFailed", Err: errors.New("key exists")}
 	case cond.IfMatch != "" && !exists:
 		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindPrecondition, Code: "NoSuchKey", Err: errors.New("key does not exist")}
-	case cond.IfMatch != "" && store.ETagOf(old) != cond.IfMatch:
+	case cond.IfMatch != "" && store.ETagOf(old.data) != cond.IfMatch:
 		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindPrecondition, Code: "PreconditionFailed", Err: errors.New("etag differs")}
 	}
-	s.objects[key] = data
-	return info(key, data), nil
+	o := object{data: data, modified: time.Now()}
+	s.objects[key] = o
+	return info(key, o), nil
 }
 
 // Stat implements store.Store.
 func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
 	s.mu.Lock()
-	data, ok := s.objects[key]
+	o, ok := s.objects[key]
 	s.mu.Unlock()
 	if !ok {
 		return store.Info{}, notFound("stat", key)
 	}
-	return info(key, data), nil
+	return info(key, o), nil
 }
 
 // List implements store.Store.
@@ -120,6 +128,6 @@ func (s *Store) DeleteMany(ctx context.Context, keys []string) error {
 	return nil
 }
 
-func info(key string, data []byte) store.Info {
-	return store.Info{Key: key, ETag: store.ETagOf(data), Size: int64(len(data))}
+func info(key string, o object) store.Info {
+	return store.Info{Key: key, ETag: store.ETagOf(o.data), Size: int64(len(o.data)), Modified: o.modified}
 }

@@ -310,5 +310,5 @@ func (s *Store) deleteBatch(ctx context.Context, keys []string) error {
 
 // infoOf converts minio-go's object info.
 func infoOf(key string, oi minio.ObjectInfo) store.Info {
-	return store.Info{Key: key, ETag: strings.Trim(oi.ETag, `"`), Size: oi.Size}
+	return store.Info{Key: key, ETag: strings.Trim(oi.ETag, `"`), Size: oi.Size, Modified: oi.LastModified}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
 )
@@ -35,6 +36,8 @@ func testRoundTrip(t *testing.T, s store.Store) {
 			if err != nil {
 				t.Fatalf("stat: %v", err)
 			}
+			// A Put's answer need not say when (Modified); the rest agrees.
+			put.Modified = st.Modified
 			if st != got || st != put {
 				t.Fatalf("stat %+v, get %+v, put %+v: want equal", st, got, put)
 			}
@@ -62,6 +65,50 @@ func testETagIsBodyMD5(t *testing.T, s store.Store) {
 			}
 			wantBody(t, s, key, body)
 		})
+	}
+}
+
+// testModified: Get, Stat and List say when an object was written, by a
+// clock no further from this machine's than the store's rounding (a
+// second on S3) and a little skew; a rewrite moves the time forward or
+// leaves it within that rounding.
+func testModified(t *testing.T, s store.Store) {
+	const slack = 5 * time.Second
+	before := time.Now()
+	mustPut(t, s, "mod/k", unique("first"), store.Condition{IfAbsent: true})
+	after := time.Now()
+	check := func(how string, m time.Time) {
+		t.Helper()
+		if m.Before(before.Add(-slack)) || m.After(after.Add(slack)) {
+			t.Errorf("%s: modified %s, want within %s of the write (%s to %s)", how, m, slack, before, after)
+		}
+	}
+	st, err := s.Stat(ctxFor(t), "mod/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("stat", st.Modified)
+	rc, gi, err := s.Get(ctxFor(t), "mod/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	check("get", gi.Modified)
+	var listed []store.Info
+	if err := s.List(ctxFor(t), "mod/", func(in store.Info) error { listed = append(listed, in); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != 1 {
+		t.Fatalf("listed %d objects, want 1", len(listed))
+	}
+	check("list", listed[0].Modified)
+	mustPut(t, s, "mod/k", unique("second"), store.Condition{IfMatch: st.ETag})
+	again, err := s.Stat(ctxFor(t), "mod/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Modified.Before(st.Modified.Add(-time.Second)) {
+		t.Errorf("rewrite: modified went back from %s to %s", st.Modified, again.Modified)
 	}
 }
 

@@ -44,6 +44,7 @@ type contractCase struct {
 var contract = []contractCase{
 	{"RoundTrip", testRoundTrip, false},
 	{"ETagIsBodyMD5", testETagIsBodyMD5, false},
+	{"Modified", testModified, false},
 	{"Missing", testMissing, false},
 	{"IfAbsentOnExisting", testIfAbsentOnExisting, true},
 	{"IfMatchStale", testIfMatchStale, true},
