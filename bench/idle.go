@@ -54,8 +54,11 @@ func runIdle(ctx context.Context, e *env, c config, t *table) error {
 			return err
 		}
 	}
-	// Let the first scans and lease reads happen.
-	time.Sleep(2 * c.idleTTL)
+	// Let the start-up traffic pass: the first scans and lease reads, and
+	// the claims passes that follow a peer's start (its lease changes from
+	// settling to live, which may come with claims: one pass, 2 TTL after
+	// the node's first).
+	time.Sleep(4 * c.idleTTL)
 	before := make([]metrics, len(scs))
 	for i, sc := range scs {
 		if before[i], err = sc.metrics(ctx); err != nil {

@@ -22,18 +22,33 @@ type claimInfo struct {
 // holds, and collects the claims of finished entries once no node can
 // still settle a held copy against them. It runs every 2 TTL, and every
 // scan while a peer is draining; ScanStep defers it (up to 4 TTL) while a
-// takeover has entries left.
+// takeover has entries left. An idle cluster skips it: once a pass has
+// found no claim at all, none is listed again until one may exist (see
+// claimsMaybe).
 func (n *Node) ClaimsPass(ctx context.Context) error {
 	n.mu.Lock()
 	due := (n.state == StateLive || n.state == StateDraining) &&
-		(n.clock.Now().Sub(n.lastClaims) >= 2*n.cfg.TTL || n.anyDrainingPeerLocked())
+		((n.claimsMaybe && n.clock.Now().Sub(n.lastClaims) >= 2*n.cfg.TTL) || n.anyDrainingPeerLocked())
 	if due {
 		n.lastClaims = n.clock.Now()
+		// Cleared before the listing: a claim written meanwhile sets it
+		// again.
+		n.claimsMaybe = false
 	}
 	n.mu.Unlock()
 	if !due {
 		return nil
 	}
+	err := n.claimsPass(ctx)
+	if err != nil {
+		n.mu.Lock()
+		n.claimsMaybe = true
+		n.mu.Unlock()
+	}
+	return err
+}
+
+func (n *Node) claimsPass(ctx context.Context) error {
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
 	var infos []claimInfo
@@ -46,6 +61,11 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	})
 	if err != nil {
 		return fmt.Errorf("list claims: %w", err)
+	}
+	if len(infos) > 0 {
+		n.mu.Lock()
+		n.claimsMaybe = true
+		n.mu.Unlock()
 	}
 	held := make(map[Entry]bool)
 	for _, e := range n.local.Held() {

@@ -25,8 +25,14 @@ type copyDeleter struct {
 	maxAge time.Duration
 
 	mu    sync.Mutex
-	keys  []string
+	keys  []oldCopy
 	first time.Time
+}
+
+// oldCopy is a copy to delete and the entry it was restored as.
+type oldCopy struct {
+	entry Entry
+	key   string
 }
 
 // newCopyDeleter returns a deleter whose batches wait at most a quarter
@@ -39,15 +45,16 @@ func (n *Node) newCopyDeleter() *copyDeleter {
 	return &copyDeleter{n: n, maxAge: age}
 }
 
-// add queues key for deletion and sends the batch if it is due.
-func (d *copyDeleter) add(ctx context.Context, key string) error {
+// add queues key, the old copy of restored entry e, for deletion and
+// sends the batch if it is due.
+func (d *copyDeleter) add(ctx context.Context, e Entry, key string) error {
 	d.mu.Lock()
 	now := d.n.clock.Now()
 	if len(d.keys) == 0 {
 		d.first = now
 	}
-	d.keys = append(d.keys, key)
-	var batch []string
+	d.keys = append(d.keys, oldCopy{entry: e, key: key})
+	var batch []oldCopy
 	if len(d.keys) >= copyDeleteBatch || now.Sub(d.first) >= d.maxAge {
 		batch, d.keys = d.keys, nil
 	}
@@ -64,14 +71,32 @@ func (d *copyDeleter) flush(ctx context.Context) error {
 	return d.send(ctx, batch)
 }
 
-func (d *copyDeleter) send(ctx context.Context, keys []string) error {
-	if len(keys) == 0 {
+// send deletes batch and records, in the claim cache, that the claims'
+// copies are gone: the claims pass then neither deletes them again nor
+// checks for them.
+func (d *copyDeleter) send(ctx context.Context, batch []oldCopy) error {
+	if len(batch) == 0 {
 		return nil
+	}
+	keys := make([]string, len(batch))
+	for i, c := range batch {
+		keys[i] = c.key
 	}
 	err := retry(ctx, d.n.clock, time.Second, func() error { return d.n.st.DeleteMany(ctx, keys) })
 	if err != nil {
 		d.n.log.Warn("old copies of restored entries not deleted: the next round deletes them", "keys", len(keys), "first", keys[0], "err", err)
 		return fmt.Errorf("delete old copies: %w", err)
+	}
+	n := d.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, c := range batch {
+		key := n.cfg.Layout.ClaimKey(c.entry)
+		cc, ok := n.claimCache[key]
+		if ok && n.cfg.Layout.MirrorKey(cc.claim.From, cc.claim.FromEpoch, c.entry) == c.key {
+			cc.srcGone = true
+			n.claimCache[key] = cc
+		}
 	}
 	return nil
 }

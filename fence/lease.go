@@ -1,6 +1,7 @@
 package fence
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -113,6 +114,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.unresolved = false
 	clear(n.restored)
 	n.settleDone = false
+	n.claimsMaybe = true
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.setStateLocked(StateSettling)
 	n.mu.Unlock()
@@ -167,11 +169,11 @@ func (n *Node) Renew(ctx context.Context) error {
 		next.Seq++
 		next.State = n.leaseState()
 		next.Unsettled, next.Drained = unsettled, drained
-		next.Wall = time.Now().UTC()
-		next.Nonce = Nonce(n.rnd)
+		// Wall and Nonce stay those of the epoch: a renewal that changes
+		// nothing else changes the body only by Seq, so that peers can
+		// tell its ETag without reading it (predictRenewal).
 		n.mu.Lock()
 		n.attempt, n.attemptAt = next, began
-		n.rememberLocked(next.Nonce)
 		n.mu.Unlock()
 	}
 	rctx, cancel := context.WithTimeout(ctx, n.renewEvery())
@@ -208,7 +210,7 @@ func (n *Node) Renew(ctx context.Context) error {
 		// Unresolved only if it is the latest attempt and no lease write
 		// (a concurrent renewal, say from StartDrain) succeeded since the
 		// version it was based on: that one would have made it lose.
-		if n.attempt.Nonce == next.Nonce && n.leaseETag == etag {
+		if sameLease(n.attempt, next) && n.leaseETag == etag {
 			n.unresolved = true
 		}
 		n.mu.Unlock()
@@ -218,9 +220,12 @@ func (n *Node) Renew(ctx context.Context) error {
 	}
 }
 
-// writtenMax bounds the nonces remembered: at one renewal per TTL/3,
-// more than an hour of them by default.
+// writtenMax bounds the nonces remembered: one per epoch.
 const writtenMax = 1024
+
+// sameLease says whether a and b are the same lease body, byte for byte:
+// the same write attempt (the nonce is the epoch's, Seq the renewal's).
+func sameLease(a, b Lease) bool { return bytes.Equal(encode(a), encode(b)) }
 
 // rememberLocked records the nonce of a lease write attempt.
 func (n *Node) rememberLocked(nonce string) {
@@ -246,7 +251,7 @@ func (n *Node) adoptCommitted(ctx context.Context, key string) bool {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if cur.Nonce == "" || cur.Nonce != n.attempt.Nonce || cur.State == StateDead {
+	if cur.Nonce == "" || !sameLease(cur, n.attempt) || cur.State == StateDead {
 		return false
 	}
 	n.lease, n.leaseETag = cur, info.ETag

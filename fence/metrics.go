@@ -19,6 +19,7 @@ type Metrics struct {
 	state        *prometheus.GaugeVec
 	epoch        prometheus.Gauge
 	peers        *prometheus.GaugeVec
+	peerReads    *prometheus.CounterVec
 }
 
 // NewMetrics creates the coordinator's metrics and registers them with reg
@@ -69,11 +70,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mmsidecar_peers", Help: "Peers by the state this node sees them in.",
 		}, []string{"state"}),
+		peerReads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_peer_lease_reads_total",
+			Help: "Changed peer lease bodies learnt, by how: read (a GET) or predicted (recognised as a plain renewal by its ETag).",
+		}, []string{"how"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.takeoverSecs,
-			m.state, m.epoch, m.peers)
+			m.state, m.epoch, m.peers, m.peerReads)
 	}
 	return m
 }

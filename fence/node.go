@@ -78,15 +78,16 @@ type Node struct {
 	renewedAt time.Time // start of the last successful lease write
 	attempt   Lease     // the lease body of the last lease write attempt
 	attemptAt time.Time // when that attempt started
-	// written holds the nonces of the node's recent lease write attempts
-	// (acknowledged or not, up to writtenMax): a store can commit a write
-	// whose answer failed, even much later (MinIO after a lost write
-	// quorum), and the node must still recognise that lease as its own.
+	// written holds the nonces of the node's recent epochs, one each,
+	// written with every lease write of the epoch (acknowledged or not, up
+	// to writtenMax): a store can commit a write whose answer failed, even
+	// much later (MinIO after a lost write quorum), and the node must
+	// still recognise that lease as its own.
 	written     map[string]bool
 	writtenRing []string
 	// unresolved: the last renewal failed without an answer and may have
 	// committed; the next renewal re-sends the same body, so that a 412
-	// caused by it is recognised by its nonce.
+	// caused by it is recognised (sameLease).
 	unresolved bool
 	// markedDead says this node was declared dead (or lost its disk) since
 	// its held entries were held: settling must re-claim them.
@@ -105,6 +106,12 @@ type Node struct {
 	peers      map[string]*peer
 	lastScan   time.Time
 	lastClaims time.Time
+	// claimsMaybe: a claim this node's claims pass must handle may exist.
+	// Only this node and a draining peer write claims that name this node
+	// as owner. It is set when this node writes a claim or starts an
+	// epoch, when a peer's lease changes other than by a plain renewal,
+	// and while the last pass found any claim; it starts true.
+	claimsMaybe bool
 	// takeoverMore: the last takeover round stopped with entries left
 	// (its listing grew older than a TTL); the next one follows at once.
 	takeoverMore bool
@@ -144,13 +151,14 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 	}
 	n := &Node{
 		cfg: cfg, st: st, local: local, clock: clock, rnd: &syncRand{r: rnd}, m: m,
-		log:        log.With("node", cfg.Node),
-		state:      StateStarting,
-		peers:      make(map[string]*peer),
-		inflight:   make(map[Entry]bool),
-		claimCache: make(map[string]cachedClaim),
-		written:    make(map[string]bool),
-		restored:   make(map[Entry]uint64),
+		log:         log.With("node", cfg.Node),
+		state:       StateStarting,
+		peers:       make(map[string]*peer),
+		inflight:    make(map[Entry]bool),
+		claimCache:  make(map[string]cachedClaim),
+		claimsMaybe: true,
+		written:     make(map[string]bool),
+		restored:    make(map[Entry]uint64),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()
@@ -304,12 +312,14 @@ func (n *Node) scanInterval() time.Duration {
 	return n.jitter(d)
 }
 
-// jitter returns d less up to 10%, so that nodes do not march in step.
+// jitter returns d give or take up to 5%, so that nodes do not march in
+// step while the loops still run once per d on average (the idle cost of
+// a node is one renewal and one scan per TTL/3, not more).
 func (n *Node) jitter(d time.Duration) time.Duration {
 	if d <= 0 {
 		return d
 	}
-	return d - time.Duration(n.rnd.Uint64()%uint64(d/10+1))
+	return d - d/20 + time.Duration(n.rnd.Uint64()%uint64(d/10+1))
 }
 
 // retry calls f until it succeeds, the error is not transient, or ctx ends,

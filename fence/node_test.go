@@ -27,9 +27,9 @@ const (
 type flaky struct {
 	store.Store
 	down atomic.Bool
-	// onPut and onGet, when set (before the node runs), are called
-	// before each Put and Get.
-	onPut, onGet func(key string)
+	// onPut, onGet and onList, when set (before the node runs), are
+	// called before each Put, Get and List.
+	onPut, onGet, onList func(key string)
 	// deletes and batches count Delete and DeleteMany calls; failBatches
 	// is how many DeleteMany calls still fail.
 	deletes, batches, failBatches atomic.Int64
@@ -69,6 +69,9 @@ func (f *flaky) Stat(ctx context.Context, key string) (store.Info, error) {
 func (f *flaky) List(ctx context.Context, prefix string, fn func(store.Info) error) error {
 	if f.down.Load() || f.listDown.Load() {
 		return errDown
+	}
+	if f.onList != nil {
+		f.onList(prefix)
 	}
 	return f.Store.List(ctx, prefix, fn)
 }

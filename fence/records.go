@@ -53,9 +53,14 @@ type Lease struct {
 	Drained bool `json:"drained,omitempty"`
 	// TTLMillis is the holder's lease TTL, for status displays.
 	TTLMillis int64 `json:"ttl_ms"`
-	// Wall is the writer's wall clock, for humans only: no decision uses it.
+	// Wall is the writer's wall clock when the epoch began (or when a
+	// peer declared it dead), for humans only: no decision uses it.
+	// Renewals keep it, so that they change the body only by Seq.
 	Wall time.Time `json:"wall"`
-	// Nonce makes every lease body, and so its ETag, unique.
+	// Nonce is random for each epoch (and each declaration of death): it
+	// tells this process's lease writes from another's with the same node
+	// id. With Epoch and Seq it makes every lease body, and so its ETag,
+	// unique.
 	Nonce string `json:"nonce"`
 }
 

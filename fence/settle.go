@@ -26,10 +26,19 @@ func (n *Node) readClaim(ctx context.Context, e Entry) (c Claim, etag string, fo
 	return c, info.ETag, true, nil
 }
 
+// errLeaseOverdue refuses a release by a node whose last renewal is older
+// than TTL - margin: it is about to fence, and peers may already own what
+// it would release.
+var errLeaseOverdue = errors.New("release: lease not renewed within TTL - margin")
+
 // writeClaim writes e's claim if cond holds; lost reports a lost race.
 func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Condition) (lost bool, err error) {
 	c.Nonce = Nonce(n.rnd)
-	_, err = store.PutBytes(ctx, n.st, n.cfg.Layout.ClaimKey(e), encode(c), cond)
+	n.mu.Lock()
+	n.claimsMaybe = true
+	n.mu.Unlock()
+	key := n.cfg.Layout.ClaimKey(e)
+	put, err := store.PutBytes(ctx, n.st, key, encode(c), cond)
 	if errors.Is(err, store.ErrPrecondition) {
 		n.m.claimsLost.Inc()
 		return true, nil
@@ -37,6 +46,11 @@ func (n *Node) writeClaim(ctx context.Context, e Entry, c Claim, cond store.Cond
 	if err != nil {
 		return false, fmt.Errorf("put claim: %w", err)
 	}
+	// The claims pass meets this version in its listing: it need not read
+	// it back.
+	n.mu.Lock()
+	n.claimCache[key] = cachedClaim{etag: put.ETag, claim: c}
+	n.mu.Unlock()
 	return false, nil
 }
 
@@ -254,6 +268,15 @@ func (n *Node) release(ctx context.Context, e Entry) error {
 	defer n.releaseMu.RUnlock()
 	if err := ctx.Err(); err != nil {
 		return err
+	}
+	// A process that stood still (a pause, swap) may wake up here before
+	// its watchdog has fenced it: by its own clock the lease is already
+	// past the point where it must stop acting as owner.
+	n.mu.Lock()
+	overdue := n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
+	n.mu.Unlock()
+	if overdue {
+		return errLeaseOverdue
 	}
 	if err := n.local.Release(ctx, e); err != nil {
 		return fmt.Errorf("release: %w", err)

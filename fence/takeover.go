@@ -291,7 +291,7 @@ func (n *Node) complete(ctx context.Context, e Entry, c Claim, how string, del *
 	n.mu.Unlock()
 	n.m.takeovers.WithLabelValues(how).Inc()
 	n.log.Info("restored", "entry", target.String(), "from", c.From, "epoch", c.Epoch, "token", c.Token, "how", how)
-	return del.add(ctx, src)
+	return del.add(ctx, e, src)
 }
 
 // secondCopy handles r, a copy of an entry that this node already claimed

@@ -306,8 +306,10 @@ func (d *disk) syncDue(g fence.Gate) bool {
 	return false
 }
 
-// sync is one pass of the mirror: hold everything while draining, delete
-// copies of finished entries, upload what is not mirrored yet. Each
+// sync is one pass of the mirror: hold everything while draining, upload
+// what is not mirrored yet, delete copies of finished entries. As in the
+// runner, where uploads and deletes have workers of their own, a delete
+// that fails or waits on the store does not hold uploads back. Each
 // upload is marked in flight before the gate is read, so a fence that
 // runs meanwhile quarantines it.
 func (d *disk) sync(ctx context.Context, inc *incarnation) {
@@ -315,6 +317,7 @@ func (d *disk) sync(ctx context.Context, inc *incarnation) {
 	if g.Draining {
 		d.quarantine(true, false)
 	}
+	d.upload(ctx, inc)
 	st := inc.st
 	for len(d.gone) > 0 {
 		k := d.gone[0]
@@ -325,6 +328,11 @@ func (d *disk) sync(ctx context.Context, inc *incarnation) {
 			d.gone = d.gone[1:]
 		}
 	}
+}
+
+// upload uploads, oldest first, the entries without a copy.
+func (d *disk) upload(ctx context.Context, inc *incarnation) {
+	st := inc.st
 	var todo []fence.Entry
 	for e := range d.files {
 		if d.unconfirmed(e) {

@@ -83,9 +83,10 @@ func (sn *simNode) pausedUntil(class int) time.Duration {
 	return u
 }
 
-// every returns d on the node's clock, less up to 10% jitter, as sim time.
+// every returns d on the node's clock, give or take up to 5% (as the
+// node's own loops jitter), as sim time.
 func (sn *simNode) every(d time.Duration) time.Duration {
-	d -= time.Duration(sn.w.rng.Int64N(int64(d/10) + 1))
+	d += time.Duration(sn.w.rng.Int64N(int64(d/10)+1)) - d/20
 	return sn.clock.simDur(d)
 }
 

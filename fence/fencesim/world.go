@@ -296,16 +296,18 @@ func (w *world) apply(f fault) {
 			sn.pausedSince = f.at
 		}
 		sn.pauseAll = max(sn.pauseAll, f.at+f.dur)
-		if f.dur > limit {
-			w.goneBeyond(f.at+limit, fmt.Sprintf("%s paused %v > margin+grace %v", sn.id, f.dur, limit))
+		// A pause that begins during another extends it: the sidecar
+		// has not run since the first began.
+		if stall := max(sn.pauseAll, sn.pauseSidecar) - sn.pausedSince; stall > limit {
+			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s paused %v in a row > margin+grace %v", sn.id, stall, limit))
 		}
 	case fPauseSidecar:
 		if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
 			sn.pausedSince = f.at
 		}
 		sn.pauseSidecar = max(sn.pauseSidecar, f.at+f.dur)
-		if f.dur > limit && sn.mailmanUp {
-			w.goneBeyond(f.at+limit, fmt.Sprintf("%s's sidecar paused %v > margin+grace %v", sn.id, f.dur, limit))
+		if stall := max(sn.pauseAll, sn.pauseSidecar) - sn.pausedSince; stall > limit && sn.mailmanUp {
+			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s's sidecar paused %v in a row > margin+grace %v", sn.id, stall, limit))
 		}
 	case fPartition, fOutage:
 		w.at(f.at+f.dur, func() { w.tracef(f.node, evFault, "FAULT END %s", faultNames[f.kind]) })
