@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"sort"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -180,6 +181,15 @@ func (m *Mirror) putHeld(ctx context.Context, e fence.Entry, key string, epoch u
 		return ErrNotHeld
 	}
 	if _, err := m.st.Put(ctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{}); err != nil {
+		// It may have committed all the same (a timeout, a fence that
+		// cancelled it on the wire): remembered, that copy is deleted
+		// once the entry is finished, even if it is mirrored again under
+		// a later epoch first.
+		m.mu.Lock()
+		if st := m.index[e]; st != nil && !slices.Contains(st.maybe, key) {
+			st.maybe = append(st.maybe, key)
+		}
+		m.mu.Unlock()
 		m.met.UploadErrors.WithLabelValues(store.CodeOf(err)).Inc()
 		m.log.Warn("upload of held entry failed", "queue", e.Queue, "entry", e.FileName(), "epoch", epoch, "code", store.CodeOf(err), "err", err)
 		return err

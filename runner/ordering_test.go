@@ -420,3 +420,47 @@ func TestStuckDeleteHoldsUpNoOther(t *testing.T) {
 		return errors.Is(err, store.ErrNotFound)
 	})
 }
+
+// TestFailedHeldUploadThatCommittedIsDeleted: an upload of a held entry
+// (a takeover's or a settle's) whose answer is lost, here because a fence
+// cancelled it on the wire, may have committed under that epoch. Mirrored
+// again under the next epoch, released and finished, the entry must leave
+// no copy behind: the old one would be re-run by a takeover of the node.
+func TestFailedHeldUploadThatCommittedIsDeleted(t *testing.T) {
+	var ls *lossyStore
+	h := newHarness(t, withStore(func(s store.Store) store.Store {
+		ls = &lossyStore{Store: s}
+		return ls
+	}))
+	body := runnertest.Body("held", 100)
+	e := fence.Entry{Queue: "in", Base: runnertest.NewBase(time.Now(), body), Kind: fence.KindPck}
+	if err := h.m.Stage(e, body); err != nil {
+		t.Fatal(err)
+	}
+	ls.lossy.Store(true)
+	fenced, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	_, err := h.m.Mirror(fenced, e)
+	cancel()
+	if err == nil || ls.lost.Load() == 0 {
+		t.Fatalf("mirror while every answer is lost: %v after %d lost answers, want an error", err, ls.lost.Load())
+	}
+	if !h.has(h.key(1, e)) {
+		t.Fatal("the unanswered upload did not commit")
+	}
+	ls.lossy.Store(false)
+	h.setGate(fence.Gate{Epoch: 2, Writable: true, OwnFrom: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := h.m.Release(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if !h.has(h.key(2, e)) {
+		t.Fatal("released entry not mirrored under epoch 2")
+	}
+	if err := os.Remove(h.path(e, "pck")); err != nil { // Mailman finished it
+		t.Fatal(err)
+	}
+	waitFor(t, "both copies of the finished entry deleted", func() bool {
+		return !h.has(h.key(1, e)) && !h.has(h.key(2, e))
+	})
+}
