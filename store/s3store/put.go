@@ -1,8 +1,13 @@
 package s3store
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -69,15 +74,36 @@ func (s *Store) Put(ctx context.Context, key string, body io.Reader, size int64,
 	return store.Info{}, oe
 }
 
+// oneShotMax is the largest body sent as one PUT signed with its SHA-256
+// (and carrying its MD5), both computed here first. minio-go would
+// otherwise sign a plain-HTTP PUT in chunks as it streams (aws-chunked):
+// for the small bodies of queue entries that cost more CPU than the hashes
+// and the copy into memory. Larger bodies stream.
+const oneShotMax = 1 << 20
+
 // put sends one PUT with a watchdog that restarts as the body moves.
 func (s *Store) put(ctx context.Context, key string, body io.Reader, size int64, opts minio.PutObjectOptions) (store.Info, *store.OpError) {
 	w := newWatchdog(ctx, s.timeout)
 	defer w.stop()
-	rd, err := watchBody(body, size, w)
-	if err != nil {
-		return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindPermanent, Code: "body_seek", Err: err}
+	var ui minio.UploadInfo
+	var err error
+	if size >= 0 && size <= oneShotMax {
+		buf := make([]byte, size)
+		if _, rerr := io.ReadFull(body, buf); rerr != nil {
+			return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindTransient, Code: "read_body", Err: rerr}
+		}
+		md5sum, sha := md5.Sum(buf), sha256.Sum256(buf)
+		rd, _ := watchBody(bytes.NewReader(buf), size, w)
+		opts.DisableContentSha256 = true // the SHA-256 given is signed instead
+		ui, err = s.core.PutObject(w.ctx, s.bucket, key, rd, size,
+			base64.StdEncoding.EncodeToString(md5sum[:]), hex.EncodeToString(sha[:]), opts)
+	} else {
+		rd, werr := watchBody(body, size, w)
+		if werr != nil {
+			return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindPermanent, Code: "body_seek", Err: werr}
+		}
+		ui, err = s.client.PutObject(w.ctx, s.bucket, key, rd, size, opts)
 	}
-	ui, err := s.client.PutObject(w.ctx, s.bucket, key, rd, size, opts)
 	if err != nil {
 		oe := classify("put", key, err, w)
 		var er minio.ErrorResponse
