@@ -276,12 +276,17 @@ func (n *Node) leaseState() string {
 	return StateLive
 }
 
-// CheckFence fences the node when its last successful renewal started more
-// than TTL - margin ago, by its own monotonic clock.
+// overdueLocked says whether the last successful renewal started more
+// than TTL - margin ago, by the node's own monotonic clock: from then on
+// the node must not act as owner.
+func (n *Node) overdueLocked() bool {
+	return n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
+}
+
+// CheckFence fences the node once its lease is overdue (overdueLocked).
 func (n *Node) CheckFence(ctx context.Context) {
 	n.mu.Lock()
-	due := n.state != StateStarting && n.state != StateFenced &&
-		n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
+	due := n.state != StateStarting && n.state != StateFenced && n.overdueLocked()
 	n.mu.Unlock()
 	if due {
 		n.log.Warn("lease not renewed within TTL - margin: fencing", "ttl", n.cfg.TTL, "margin", n.cfg.Margin)

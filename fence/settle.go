@@ -273,7 +273,7 @@ func (n *Node) release(ctx context.Context, e Entry) error {
 	// its watchdog has fenced it: by its own clock the lease is already
 	// past the point where it must stop acting as owner.
 	n.mu.Lock()
-	overdue := n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
+	overdue := n.overdueLocked()
 	n.mu.Unlock()
 	if overdue {
 		return errLeaseOverdue
