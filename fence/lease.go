@@ -145,6 +145,8 @@ func (n *Node) Renew(ctx context.Context) error {
 			n.m.renewals.WithLabelValues("error").Inc()
 			if errors.Is(err, ErrDuplicateNode) {
 				n.log.Error("lease written by another process: two sidecars share this node id", "err", err)
+			} else {
+				n.log.Warn("fenced: lease not re-acquired", "err", err)
 			}
 			return err
 		}
