@@ -56,6 +56,20 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	case errors.Is(err, store.ErrNotFound):
 		n.mu.Lock()
 		prev := n.lease
+		if prev.Epoch > 0 {
+			// A store back from an incident can answer "not found" for
+			// an object it still has (a MinIO cluster that regained its
+			// quorum, for a few seconds), and even let a create of it
+			// through. The lease counts as gone only once it has been
+			// missing for TTL + grace.
+			if n.missingSince.IsZero() {
+				n.missingSince = began
+			}
+			if missing := began.Sub(n.missingSince); missing < n.deadAfter() {
+				n.mu.Unlock()
+				return fmt.Errorf("read lease: %w (for %v; it counts as gone after TTL + grace)", err, missing)
+			}
+		}
 		n.mu.Unlock()
 		next = Lease{Epoch: prev.Epoch + 1, DeadEpoch: prev.DeadEpoch}
 		if prev.Epoch > 0 {
@@ -73,6 +87,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 			return err
 		}
 		n.mu.Lock()
+		n.missingSince = time.Time{}
 		ours := old.Nonce != "" && n.written[old.Nonce]
 		// A late commit of an older attempt can carry an older epoch:
 		// never reuse one.
@@ -112,6 +127,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.mu.Lock()
 	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
 	n.unresolved = false
+	n.missingSince = time.Time{}
 	clear(n.restored)
 	n.settleDone = false
 	n.claimsMaybe = true
@@ -306,6 +322,14 @@ func (n *Node) fence(ctx context.Context, reason string) {
 	}
 	epoch := n.lease.Epoch
 	n.setStateLocked(StateFenced)
+	// Whatever kept this node from renewing may have kept its peers from
+	// renewing too, for a while before it showed here: the silence they
+	// accrued until now is no evidence. It starts again from zero once
+	// this node is back (Scan).
+	for _, p := range n.peers {
+		p.silence = 0
+	}
+	n.lastScan = time.Time{} // no gap across the fence counts either
 	n.quarantining = true
 	n.liveCancel()
 	n.mu.Unlock()

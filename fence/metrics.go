@@ -10,6 +10,7 @@ type Metrics struct {
 	fences       *prometheus.CounterVec
 	quarantined  prometheus.Counter
 	deadMarks    prometheus.Counter
+	deadMarkErrs *prometheus.CounterVec
 	takeovers    *prometheus.CounterVec
 	settled      *prometheus.CounterVec
 	handoffs     prometheus.Counter
@@ -42,6 +43,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		deadMarks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mmsidecar_peers_declared_dead_total", Help: "Peer leases this node declared dead.",
 		}),
+		deadMarkErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_peer_death_refused_total",
+			Help: "Declarations of a silent peer's death that the store refused or did not answer, by error code; each restarts the peer's silence.",
+		}, []string{"code"}),
 		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mmsidecar_transfers_total", Help: "Entries this node took over, by how (takeover, handoff, preserved).",
 		}, []string{"how"}),
@@ -76,7 +81,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"how"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks,
+		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.takeoverSecs,
 			m.state, m.epoch, m.peers, m.peerReads)
 	}

@@ -78,6 +78,9 @@ type Node struct {
 	renewedAt time.Time // start of the last successful lease write
 	attempt   Lease     // the lease body of the last lease write attempt
 	attemptAt time.Time // when that attempt started
+	// missingSince is when the store first said this node's lease was not
+	// there, in the current run of such answers (acquire).
+	missingSince time.Time
 	// written holds the nonces of the node's recent epochs, one each,
 	// written with every lease write of the epoch (acknowledged or not, up
 	// to writtenMax): a store can commit a write whose answer failed, even

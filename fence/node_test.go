@@ -35,6 +35,14 @@ type flaky struct {
 	deletes, batches, failBatches atomic.Int64
 	// listDown fails List alone (the store still takes writes).
 	listDown atomic.Bool
+	// refuse, when set (before the node runs), can refuse a Put or Get
+	// (op "put", "get") of key with the error it returns.
+	refuse func(op, key string) error
+	// forgets, when set (before the node runs), makes the store forget
+	// the keys it returns true for, as a MinIO cluster back from a lost
+	// quorum was seen to: reads say "not found", and a create-if-absent
+	// goes through over the object.
+	forgets func(key string) bool
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -46,6 +54,14 @@ func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, store.Info,
 	if f.onGet != nil {
 		f.onGet(key)
 	}
+	if f.refuse != nil {
+		if err := f.refuse("get", key); err != nil {
+			return nil, store.Info{}, err
+		}
+	}
+	if f.forgets != nil && f.forgets(key) {
+		return nil, store.Info{}, &store.OpError{Op: "get", Key: key, Kind: store.KindNotFound, Code: "NoSuchKey", Err: errors.New("the specified key does not exist")}
+	}
 	return f.Store.Get(ctx, key)
 }
 
@@ -55,6 +71,14 @@ func (f *flaky) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	if f.onPut != nil {
 		f.onPut(key)
+	}
+	if f.refuse != nil {
+		if err := f.refuse("put", key); err != nil {
+			return store.Info{}, err
+		}
+	}
+	if f.forgets != nil && f.forgets(key) && cond.IfAbsent {
+		cond = store.Condition{}
 	}
 	return f.Store.Put(ctx, key, body, size, cond)
 }
@@ -165,14 +189,20 @@ func (c *cluster) step(d time.Duration) {
 		if !tn.alive {
 			continue
 		}
-		tn.n.CheckFence(ctx)
-		_ = tn.n.Renew(ctx)
-		_ = tn.n.SettleStep(ctx)
-		_ = tn.local.Sync(ctx)
-		tn.n.ScanStep(ctx)
-		_ = tn.local.Sync(ctx)
-		c.checkOneProcessor()
+		c.stepNode(ctx, tn)
 	}
+}
+
+// stepNode runs one pass of tn's loops, then checks G2.
+func (c *cluster) stepNode(ctx context.Context, tn *tnode) {
+	c.t.Helper()
+	tn.n.CheckFence(ctx)
+	_ = tn.n.Renew(ctx)
+	_ = tn.n.SettleStep(ctx)
+	_ = tn.local.Sync(ctx)
+	tn.n.ScanStep(ctx)
+	_ = tn.local.Sync(ctx)
+	c.checkOneProcessor()
 }
 
 func (c *cluster) checkOneProcessor() {

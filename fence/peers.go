@@ -251,9 +251,21 @@ func (n *Node) markDead(ctx context.Context, p *peer) {
 	next.Nonce = Nonce(n.rnd)
 	put, err := store.PutBytes(ctx, n.st, n.cfg.Layout.LeaseKey(p.node), encode(next), store.Condition{IfMatch: etag})
 	if err != nil {
-		if !errors.Is(err, store.ErrPrecondition) {
-			n.log.Warn("declare peer dead", "peer", p.node, "err", err)
+		if errors.Is(err, store.ErrPrecondition) {
+			return // it renewed: the next scan sees that
 		}
+		// The store refused a write to the peer's lease key, or did not
+		// answer it: the peer's own renewals go to that key, so its
+		// silence may be the store's doing (a MinIO cluster keeps keys
+		// that had writes in flight when it lost quorum locked for a
+		// minute or more after it is back). Its silence starts again, so
+		// that once the key takes writes the peer has TTL + grace to
+		// renew before it can be declared dead.
+		n.mu.Lock()
+		p.silence = 0
+		n.mu.Unlock()
+		n.m.deadMarkErrs.WithLabelValues(store.CodeOf(err)).Inc()
+		n.log.Warn("declare peer dead: write refused; its silence starts again", "peer", p.node, "silence", silence, "code", store.CodeOf(err), "err", err)
 		return
 	}
 	n.mu.Lock()
