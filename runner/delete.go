@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"sync"
 
 	"github.com/mmsidecar/mmsidecar/fence"
 	"github.com/mmsidecar/mmsidecar/store"
@@ -150,20 +151,9 @@ func (m *Mirror) retryWorker(ctx context.Context) {
 				return
 			}
 		}
-		var failed []*delItem
-		var lastErr error
-		for _, it := range items {
-			if err := m.st.DeleteMany(ctx, []string{it.key}); err != nil {
-				if ctx.Err() != nil {
-					return
-				}
-				m.met.DeleteErrors.WithLabelValues(store.CodeOf(err)).Inc()
-				failed, lastErr = append(failed, it), err
-				continue
-			}
-			m.mu.Lock()
-			m.deletedLocked([]*delItem{it})
-			m.mu.Unlock()
+		failed, lastErr := m.retryDeletes(ctx, items)
+		if ctx.Err() != nil {
+			return
 		}
 		if len(failed) == 0 {
 			bo = backoff{r: m.rand}
@@ -177,6 +167,47 @@ func (m *Mirror) retryWorker(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// retryConcurrency is how many single-key deletes the retry lane has
+// under way at once: after a store incident some keys can stay locked
+// for a minute, each try of them waiting out the request timeout, and
+// the others should not queue behind them.
+const retryConcurrency = 8
+
+// retryDeletes deletes each item's key on its own, retryConcurrency at a
+// time, and returns the items that failed with the last error.
+func (m *Mirror) retryDeletes(ctx context.Context, items []*delItem) (failed []*delItem, lastErr error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, retryConcurrency)
+	for _, it := range items {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			wg.Wait()
+			return failed, ctx.Err()
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			err := m.st.DeleteMany(ctx, []string{it.key})
+			if err != nil {
+				if ctx.Err() == nil {
+					m.met.DeleteErrors.WithLabelValues(store.CodeOf(err)).Inc()
+				}
+				mu.Lock()
+				failed, lastErr = append(failed, it), err
+				mu.Unlock()
+				return
+			}
+			m.mu.Lock()
+			m.deletedLocked([]*delItem{it})
+			m.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return failed, lastErr
 }
 
 // deletedLocked records that the copies of batch are deleted.
