@@ -236,8 +236,9 @@ func testClusterQuorumLost(t *testing.T, mc *storetest.Cluster, f clusterForm) {
 	s.injectAll()
 	var startBegan, quorumBack time.Time
 	runOutage(t, s, storeOutage{
-		what:   "2 of 4 MinIO servers",
-		length: f.outage,
+		what:       "2 of 4 MinIO servers",
+		length:     f.outage,
+		lockedKeys: true,
 		stop: func() {
 			for _, m := range down {
 				m.Stop()

@@ -141,6 +141,11 @@ type logRecord struct {
 	Entry string    `json:"entry"`
 	Epoch uint64    `json:"epoch"`
 	Err   string    `json:"err"`
+	Peer  string    `json:"peer"`
+	From  string    `json:"from"`
+	// TakenOver is set on "lease acquired" when the node found itself
+	// declared dead (or its lease gone).
+	TakenOver bool `json:"taken_over"`
 }
 
 // readLog parses a sidecar's JSON log, skipping lines that are not JSON.
