@@ -48,34 +48,45 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
 	began := n.clock.Now()
-	data, info, err := store.GetBytes(ctx, n.st, key)
+	data, info, getErr := store.GetBytes(ctx, n.st, key)
+	err := getErr
 	var next Lease
 	var cond store.Condition
 	markedDead := false
+	n.mu.Lock()
+	if errors.Is(err, store.ErrNotFound) && n.missingSince.IsZero() {
+		n.missingSince = began
+	}
+	// A store back from an incident can answer "not found" for an object
+	// it still has (a MinIO cluster that regained its quorum did, for a
+	// second, and even let a create of it through), or serve the object
+	// while refusing every conditional write to it as "not found" (for
+	// minutes, until healed). The lease counts as gone once every answer
+	// about it has said so for TTL + grace.
+	gone := !n.missingSince.IsZero() && began.Sub(n.missingSince) >= n.deadAfter()
+	n.mu.Unlock()
 	switch {
-	case errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, store.ErrNotFound) || err == nil && gone:
 		n.mu.Lock()
 		prev := n.lease
-		if prev.Epoch > 0 {
-			// A store back from an incident can answer "not found" for
-			// an object it still has (a MinIO cluster that regained its
-			// quorum, for a few seconds), and even let a create of it
-			// through. The lease counts as gone only once it has been
-			// missing for TTL + grace.
-			if n.missingSince.IsZero() {
-				n.missingSince = began
-			}
-			if missing := began.Sub(n.missingSince); missing < n.deadAfter() {
-				n.mu.Unlock()
-				return fmt.Errorf("read lease: %w (for %v; it counts as gone after TTL + grace)", err, missing)
+		if prev.Epoch > 0 && !gone {
+			n.mu.Unlock()
+			return fmt.Errorf("read lease: %w (for %v; it counts as gone after TTL + grace)", store.ErrNotFound, began.Sub(n.missingSince))
+		}
+		prevEpoch, attempted := prev.Epoch, n.attempt.Epoch
+		n.mu.Unlock()
+		if getErr == nil {
+			// Served, but every write to it says it is not there: never
+			// reuse its epoch, nor one this node tried.
+			if old, err := DecodeLease(data); err == nil {
+				prevEpoch = max(prevEpoch, old.Epoch, attempted)
 			}
 		}
-		n.mu.Unlock()
-		next = Lease{Epoch: prev.Epoch + 1, DeadEpoch: prev.DeadEpoch}
-		if prev.Epoch > 0 {
-			// Our lease vanished (an operator forgot the node): treat the
-			// old epochs as taken over.
-			next.DeadEpoch = prev.Epoch
+		next = Lease{Epoch: prevEpoch + 1, DeadEpoch: prev.DeadEpoch}
+		if prevEpoch > 0 {
+			// Our lease vanished (an operator forgot the node, or the
+			// store lost it): treat the old epochs as taken over.
+			next.DeadEpoch = prevEpoch
 			markedDead = true
 		}
 		cond = store.Condition{IfAbsent: true}
@@ -87,7 +98,6 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 			return err
 		}
 		n.mu.Lock()
-		n.missingSince = time.Time{}
 		ours := old.Nonce != "" && n.written[old.Nonce]
 		// A late commit of an older attempt can carry an older epoch:
 		// never reuse one.
@@ -122,6 +132,18 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.mu.Unlock()
 	put, err := store.PutBytes(ctx, n.st, key, encode(next), cond)
 	if err != nil {
+		n.mu.Lock()
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			if n.missingSince.IsZero() {
+				n.missingSince = began
+			}
+		case errors.Is(err, store.ErrPrecondition) || getErr == nil:
+			// The lease is there, or was just read: the store does not
+			// say it is gone.
+			n.missingSince = time.Time{}
+		}
+		n.mu.Unlock()
 		return fmt.Errorf("write lease: %w", err)
 	}
 	n.mu.Lock()

@@ -35,14 +35,16 @@ type flaky struct {
 	deletes, batches, failBatches atomic.Int64
 	// listDown fails List alone (the store still takes writes).
 	listDown atomic.Bool
-	// refuse, when set (before the node runs), can refuse a Put or Get
-	// (op "put", "get") of key with the error it returns.
+	// refuse, when set (before the node runs), can refuse a Get or Put
+	// of key with the error it returns: op is "get", "put", "put-if-match"
+	// or "put-if-absent".
 	refuse func(op, key string) error
-	// forgets, when set (before the node runs), makes the store forget
-	// the keys it returns true for, as a MinIO cluster back from a lost
-	// quorum was seen to: reads say "not found", and a create-if-absent
-	// goes through over the object.
-	forgets func(key string) bool
+	// forgets and createsOver, when set (before the node runs), make the
+	// store lose track of the keys they return true for, as a MinIO
+	// cluster back from a lost quorum was seen to: reads say "not found"
+	// (forgets), and a create-if-absent goes through over the object
+	// (createsOver).
+	forgets, createsOver func(key string) bool
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -73,11 +75,18 @@ func (f *flaky) Put(ctx context.Context, key string, body io.Reader, size int64,
 		f.onPut(key)
 	}
 	if f.refuse != nil {
-		if err := f.refuse("put", key); err != nil {
+		op := "put"
+		switch {
+		case cond.IfMatch != "":
+			op = "put-if-match"
+		case cond.IfAbsent:
+			op = "put-if-absent"
+		}
+		if err := f.refuse(op, key); err != nil {
 			return store.Info{}, err
 		}
 	}
-	if f.forgets != nil && f.forgets(key) && cond.IfAbsent {
+	if f.createsOver != nil && f.createsOver(key) && cond.IfAbsent {
 		cond = store.Condition{}
 	}
 	return f.Store.Put(ctx, key, body, size, cond)
@@ -299,10 +308,11 @@ func killedWithBacklog(t *testing.T, entries int) (*cluster, *tnode) {
 // next scan step follows at once (NextScan 0) and carries on until every
 // entry is restored.
 func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
-	c, b := killedWithBacklog(t, 60)
+	c, b := killedWithBacklog(t, 120)
 	// Every claim b writes takes a twentieth of a TTL, so a round
-	// restores about 20 entries before its listing is too old; b renews
-	// its lease meanwhile, as its renewal loop would.
+	// restores about 20 entries (a few more with concurrent claims)
+	// before its listing is too old; b renews its lease meanwhile, as its
+	// renewal loop would.
 	ctx := context.Background()
 	claims := c.layout.ClaimPrefix()
 	b.st.onPut = func(key string) {
@@ -327,13 +337,13 @@ func TestTakeoverRoundsFollowAtOnce(t *testing.T) {
 				t.Fatalf("takeover pending but NextScan is %v, want 0", d)
 			}
 		}
-		if v, _ := c.count("b"); v == 60 && !b.n.TakeoverPending() {
+		if v, _ := c.count("b"); v == 120 && !b.n.TakeoverPending() {
 			break
 		}
 	}
-	if v, _ := c.count("b"); v != 60 {
+	if v, _ := c.count("b"); v != 120 {
 		st, ep := b.n.State()
-		t.Fatalf("b restored %d entries, want 60 (b %s epoch %d, peers %+v)", v, st, ep, b.n.Peers())
+		t.Fatalf("b restored %d entries, want 120 (b %s epoch %d, peers %+v)", v, st, ep, b.n.Peers())
 	}
 	if cut < 2 {
 		t.Errorf("%d takeover rounds were cut short, want 2 or more: the test did not test", cut)
