@@ -150,13 +150,33 @@ func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {
 	return c
 }
 
+// handedOut holds the ports freePort gave out: the kernel can give a
+// port that was just closed to the next listener on :0, so two nodes
+// could otherwise get the same one (CI saw "address already in use").
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: make(map[int]bool)}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago
+// and that it has not returned before.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		handedOut.Lock()
+		seen := handedOut.ports[port]
+		handedOut.ports[port] = true
+		handedOut.Unlock()
+		if !seen {
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port that was not handed out already")
 }
 
 // dumpOnFailure prints the end of every node's logs when the test failed,
