@@ -64,7 +64,16 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	// minutes, until healed). The lease counts as gone once every answer
 	// about it has said so for TTL + grace.
 	gone := !n.missingSince.IsZero() && began.Sub(n.missingSince) >= n.deadAfter()
+	last, lastETag := n.lease, n.leaseETag
 	n.mu.Unlock()
+	if errors.Is(err, store.ErrNotFound) && !gone && last.Epoch > 0 && lastETag != "" {
+		// Not read, but perhaps not gone: write over the version this
+		// node last wrote, conditionally. The write path can find what
+		// the read path did not (MinIO was seen to take a peer's
+		// conditional write on a lease that its holder's reads said was
+		// not there); if another version is there, the write loses.
+		data, info, err = encode(last), store.Info{ETag: lastETag}, nil
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound) || err == nil && gone:
 		n.mu.Lock()
@@ -134,7 +143,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	if err != nil {
 		n.mu.Lock()
 		switch {
-		case errors.Is(err, store.ErrNotFound):
+		case store.Missing(err):
 			if n.missingSince.IsZero() {
 				n.missingSince = began
 			}

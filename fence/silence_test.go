@@ -160,16 +160,38 @@ func (c *cluster) outageForAll() {
 // old epochs to its peers): its finished entries whose copies it could
 // not delete would run again.
 func TestLeaseMissingForAMomentIsNotGone(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		rounds int
+		writes bool // conditional writes find the lease
+	}{
+		{"reads and writes, 3 s", 3, false},
+		{"reads only, 8 s", 8, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { leaseMissingFor(t, tc.rounds, tc.writes) })
+	}
+}
+
+// leaseMissingFor makes the store say b's lease is not there for rounds
+// rounds of TTL/3 after an outage, to reads, and to conditional writes
+// too unless writes.
+func leaseMissingFor(t *testing.T, rounds int, writes bool) {
 	c := backlogOnB(t)
 	var amnesia atomic.Bool
 	bKey := c.layout.LeaseKey("b")
 	for _, id := range c.order {
 		c.nodes[id].st.forgets = func(key string) bool { return key == bKey && amnesia.Load() }
 		c.nodes[id].st.createsOver = c.nodes[id].st.forgets
+		c.nodes[id].st.refuse = func(op, key string) error {
+			if op == "put-if-match" && key == bKey && amnesia.Load() && !writes {
+				return errNoSuchKey(key)
+			}
+			return nil
+		}
 	}
 	c.outageForAll()
 	amnesia.Store(true)
-	for range 3 { // 3 s, under TTL + grace
+	for range rounds {
 		c.round([]string{"b", "a"}, nil)
 	}
 	amnesia.Store(false)
@@ -218,7 +240,7 @@ func TestLeaseServedButNotWritable(t *testing.T) {
 	for _, id := range c.order {
 		c.nodes[id].st.refuse = func(op, key string) error {
 			if op == "put-if-match" && key == bKey && broken.Load() {
-				return &store.OpError{Op: "put", Key: key, Kind: store.KindNotFound, Code: "NoSuchKey", Err: errors.New("the specified key does not exist")}
+				return errNoSuchKey(key)
 			}
 			return nil
 		}
@@ -241,4 +263,10 @@ func TestLeaseServedButNotWritable(t *testing.T) {
 		t.Fatalf("b is %s at epoch %d, want live under a new lease past its attempts", st, epoch)
 	}
 	c.wantAllVisible(10)
+}
+
+// errNoSuchKey is MinIO's answer to a conditional write on a key it says
+// is not there, as the stores classify it.
+func errNoSuchKey(key string) error {
+	return &store.OpError{Op: "put", Key: key, Kind: store.KindPrecondition, Code: store.CodeMissing, Err: errors.New("the specified key does not exist")}
 }

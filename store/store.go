@@ -195,3 +195,14 @@ func CodeOf(err error) string {
 	}
 	return KindOf(err).String()
 }
+
+// CodeMissing is the Code of a conditional write that failed because its
+// If-Match named a key that is not there (KindPrecondition), and of a
+// read of a missing key.
+const CodeMissing = "NoSuchKey"
+
+// Missing reports whether err says that the key is not there: a read
+// that found nothing, or a write whose If-Match found no key.
+func Missing(err error) bool {
+	return errors.Is(err, ErrNotFound) || errors.Is(err, ErrPrecondition) && CodeOf(err) == CodeMissing
+}

@@ -144,6 +144,9 @@ func testIfMatchStale(t *testing.T, s store.Store) {
 func testIfMatchMissing(t *testing.T, s store.Store) {
 	_, err := store.PutBytes(ctxFor(t), s, "k", unique("v"), store.Condition{IfMatch: store.ETagOf([]byte("x"))})
 	wantKind(t, err, store.KindPrecondition, "k")
+	if !store.Missing(err) {
+		t.Fatalf("If-Match on a missing key: code %q, want %q (store.Missing)", store.CodeOf(err), store.CodeMissing)
+	}
 	_, err = s.Stat(ctxFor(t), "k")
 	wantKind(t, err, store.KindNotFound, "k")
 }
