@@ -3,10 +3,8 @@ package s3store
 import (
 	"bytes"
 	"context"
-	"crypto/md5"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -74,11 +72,11 @@ func (s *Store) Put(ctx context.Context, key string, body io.Reader, size int64,
 	return store.Info{}, oe
 }
 
-// oneShotMax is the largest body sent as one PUT signed with its SHA-256
-// (and carrying its MD5), both computed here first. minio-go would
-// otherwise sign a plain-HTTP PUT in chunks as it streams (aws-chunked):
-// for the small bodies of queue entries that cost more CPU than the hashes
-// and the copy into memory. Larger bodies stream.
+// oneShotMax is the largest body sent as one PUT signed with its SHA-256,
+// computed here first. minio-go would otherwise sign a plain-HTTP PUT in
+// chunks as it streams (aws-chunked): for the small bodies of queue
+// entries that costs more CPU than the hash and the copy into memory.
+// Larger bodies stream.
 const oneShotMax = 1 << 20
 
 // put sends one PUT with a watchdog that restarts as the body moves.
@@ -92,11 +90,14 @@ func (s *Store) put(ctx context.Context, key string, body io.Reader, size int64,
 		if _, rerr := io.ReadFull(body, buf); rerr != nil {
 			return store.Info{}, &store.OpError{Op: "put", Key: key, Kind: store.KindTransient, Code: "read_body", Err: rerr}
 		}
-		md5sum, sha := md5.Sum(buf), sha256.Sum256(buf)
+		// The signed SHA-256 is the integrity check (the server verifies
+		// the body against it); a Content-MD5 as well would only cost a
+		// second pass over the body.
+		sha := sha256.Sum256(buf)
 		rd, _ := watchBody(bytes.NewReader(buf), size, w)
 		opts.DisableContentSha256 = true // the SHA-256 given is signed instead
 		ui, err = s.core.PutObject(w.ctx, s.bucket, key, rd, size,
-			base64.StdEncoding.EncodeToString(md5sum[:]), hex.EncodeToString(sha[:]), opts)
+			"", hex.EncodeToString(sha[:]), opts)
 	} else {
 		rd, werr := watchBody(body, size, w)
 		if werr != nil {
