@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/mmsidecar/mmsidecar/runner/runnertest"
 	"github.com/mmsidecar/mmsidecar/store"
 	"github.com/mmsidecar/mmsidecar/store/s3store"
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // The node's queues: entries hop in -> pipeline -> out and finish in out.
@@ -137,7 +137,7 @@ func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {
 				t.Fatal(err)
 			}
 		}
-		port, err := freePort()
+		port, err := storetest.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,35 +148,6 @@ func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {
 		c.nodes = append(c.nodes, n)
 	}
 	return c
-}
-
-// handedOut holds the ports freePort gave out: the kernel can give a
-// port that was just closed to the next listener on :0, so two nodes
-// could otherwise get the same one (CI saw "address already in use").
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: make(map[int]bool)}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago
-// and that it has not returned before.
-func freePort() (int, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		handedOut.Lock()
-		seen := handedOut.ports[port]
-		handedOut.ports[port] = true
-		handedOut.Unlock()
-		if !seen {
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port that was not handed out already")
 }
 
 // dumpOnFailure prints the end of every node's logs when the test failed,

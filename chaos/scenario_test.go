@@ -120,6 +120,10 @@ type scenario struct {
 	// staleAtKill holds "<queue>/<base>" of copies in a killed node's
 	// namespace whose entry was no longer on its disk at the kill.
 	staleAtKill map[string]bool
+	// killed and localAtKill are the killed node and "<queue>/<base>" of
+	// every file on its disk at the kill (lateCopies).
+	killed      *node
+	localAtKill map[string]bool
 	// lag is the largest mirror backlog sampled before the fault.
 	lag lagSample
 	// leaked counts the copies, by namespace, still in the store after
@@ -240,6 +244,7 @@ func (s *scenario) recordKill(n *node) (queued, unmirrored int) {
 			s.staleAtKill[k] = true
 		}
 	}
+	s.killed, s.localAtKill = n, local
 	s.deleteLagAtKill(n)
 	bak, err := idsOf(files, func(f localFile) bool { return !f.Held && f.Ext == fence.ExtBak })
 	if err != nil {
@@ -379,6 +384,7 @@ func (s *scenario) leftovers() string {
 func (s *scenario) judge(strict bool, note string) verdict {
 	s.t.Helper()
 	led := s.c.ledger()
+	s.lateCopies()
 	v := analyze(s.name, s.c.injectedIDs(), led, s.inFlight, s.staleAtKill, s.faultAt, s.staleWindow)
 	v.Breaches = g2Breaches(led, restoresOf(s.c.nodes))
 	if len(s.leaked) > 0 {

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // Paths of Debian's mailman3 package (3.3.8, bookworm).
@@ -88,7 +90,7 @@ func NewMailman(cfg MailmanConfig) (*Mailman, error) {
 	var err error
 	for _, p := range []*int{&cfg.LMTPPort, &cfg.RESTPort} {
 		if *p == 0 {
-			if *p, err = freePort(); err != nil {
+			if *p, err = storetest.FreePort(); err != nil {
 				return nil, err
 			}
 		}
@@ -328,16 +330,6 @@ func (m *Mailman) MasterOutTail(n int) string {
 // LogTail returns the last n lines of the node's mailman.log (runner
 // starts and stops, errors, tracebacks).
 func (m *Mailman) LogTail(n int) string { return tailFile(m.mainLog(), n) }
-
-// freePort asks the kernel for a free TCP port on 127.0.0.1.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
 
 // CPUTime is the CPU time (user+system) used so far by the node's live
 // processes, master and runners.

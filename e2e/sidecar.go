@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // BuildSidecar builds the real mmsidecar binary (cmd/mmsidecar of the
@@ -107,7 +109,7 @@ func NewSidecar(n *Node, cfg SidecarConfig) (*Sidecar, error) {
 	if err := n.Mailman.MakeQueueDirs(); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := storetest.FreePort()
 	if err != nil {
 		return nil, err
 	}

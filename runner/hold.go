@@ -69,8 +69,8 @@ func (m *Mirror) holdFileLocked(st *entryState, name string) (bool, error) {
 }
 
 // Quarantine implements fence.Local: it moves Mailman-visible .pck files
-// into the hold area, only those the store may know (a durable copy, or an
-// upload past the gate); a .pck that a runner renames to .bak first is in
+// into the hold area, only those the store may know (a durable copy, an
+// upload past the gate, or one whose lost answer may have committed); a .pck that a runner renames to .bak first is in
 // flight and left alone. With all true — only at start-up, after the node
 // was declared dead while it was down and before Mailman's runners start,
 // so that nothing can be in flight — it moves every entry: .pck, .bak
@@ -121,7 +121,7 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindOfExt(ext)}
 			m.mu.Lock()
 			st := m.index[e]
-			known := st != nil && (st.durable != "" || st.up != nil && st.up.started)
+			known := st != nil && st.mayBeStored()
 			if all || known {
 				if st == nil {
 					st = m.entryLocked(e)

@@ -74,6 +74,13 @@ type entryState struct {
 	delQueued   bool
 }
 
+// mayBeStored says whether the store may hold a copy of the entry that a
+// peer could restore: a durable copy, an upload past the gate, or one
+// whose answer was lost and that may have committed.
+func (st *entryState) mayBeStored() bool {
+	return st.durable != "" || st.up != nil && st.up.started || len(st.maybe) > 0
+}
+
 // upload is one queued or running upload of an entry.
 type upload struct {
 	seq uint64

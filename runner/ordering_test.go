@@ -323,15 +323,21 @@ func (l *lossyStore) Put(ctx context.Context, key string, body io.Reader, size i
 	return info, err
 }
 
-// TestFailedUploadThatCommittedIsDeleted: an upload whose answer is lost
-// may have committed; if the entry finishes before a retry succeeds, that
-// copy must still go, or a later takeover of the node re-runs the entry.
-func TestFailedUploadThatCommittedIsDeleted(t *testing.T) {
+// lossyHarness is a harness on a lossyStore.
+func lossyHarness(t *testing.T) (*harness, *lossyStore) {
 	var ls *lossyStore
 	h := newHarness(t, withStore(func(s store.Store) store.Store {
 		ls = &lossyStore{Store: s}
 		return ls
 	}))
+	return h, ls
+}
+
+// TestFailedUploadThatCommittedIsDeleted: an upload whose answer is lost
+// may have committed; if the entry finishes before a retry succeeds, that
+// copy must still go, or a later takeover of the node re-runs the entry.
+func TestFailedUploadThatCommittedIsDeleted(t *testing.T) {
+	h, ls := lossyHarness(t)
 	ls.lossy.Store(true)
 	e := h.enqueue("in", "committed but unanswered")
 	waitFor(t, "a lost upload answer", func() bool { return ls.lost.Load() > 0 })
@@ -427,11 +433,7 @@ func TestStuckDeleteHoldsUpNoOther(t *testing.T) {
 // again under the next epoch, released and finished, the entry must leave
 // no copy behind: the old one would be re-run by a takeover of the node.
 func TestFailedHeldUploadThatCommittedIsDeleted(t *testing.T) {
-	var ls *lossyStore
-	h := newHarness(t, withStore(func(s store.Store) store.Store {
-		ls = &lossyStore{Store: s}
-		return ls
-	}))
+	h, ls := lossyHarness(t)
 	body := runnertest.Body("held", 100)
 	e := fence.Entry{Queue: "in", Base: runnertest.NewBase(time.Now(), body), Kind: fence.KindPck}
 	if err := h.m.Stage(e, body); err != nil {

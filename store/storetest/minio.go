@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -202,7 +201,7 @@ func newMinIO(bin, dir string, opts ...Option) (*MinIO, error) {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, fmt.Errorf("MinIO port: %w", err)
 	}
@@ -245,16 +244,6 @@ func minioEnv(accessKey, secretKey string, extra ...string) []string {
 	return append(env, extra...)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startFresh starts a new server, moving to another port if the chosen
 // one was taken in the meantime.
 func (m *MinIO) startFresh() error {
@@ -263,7 +252,7 @@ func (m *MinIO) startFresh() error {
 		if err = m.start(); err == nil || !strings.Contains(tail(m.logPath), "address already in use") {
 			return err
 		}
-		port, perr := freePort()
+		port, perr := FreePort()
 		if perr != nil {
 			return err
 		}
