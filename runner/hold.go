@@ -69,8 +69,9 @@ func (m *Mirror) holdFileLocked(st *entryState, name string) (bool, error) {
 }
 
 // Quarantine implements fence.Local: it moves Mailman-visible .pck files
-// into the hold area, only those the store may know (a durable copy, an
-// upload past the gate, or one whose lost answer may have committed); a .pck that a runner renames to .bak first is in
+// into the hold area, only those the store may know (mayBeStored: a
+// durable copy, an upload past the gate, or one whose lost answer may
+// have committed); a .pck that a runner renames to .bak first is in
 // flight and left alone. With all true — only at start-up, after the node
 // was declared dead while it was down and before Mailman's runners start,
 // so that nothing can be in flight — it moves every entry: .pck, .bak
