@@ -1,7 +1,5 @@
 package chaos
 
-import "strings"
-
 // lateCopies adds to staleAtKill the copies the survivors claimed from
 // the killed node that were neither on its disk nor listed at the kill:
 // an upload (or the answer to one) was in flight and committed after the
@@ -17,9 +15,8 @@ func (s *scenario) lateCopies() {
 			if r.Msg != "claimed" || r.From != s.killed.id {
 				continue
 			}
-			q, file, _ := strings.Cut(r.Entry, "/")
-			k := q + "/" + strings.TrimSuffix(file, ".pck")
-			if !s.localAtKill[k] && !s.staleAtKill[k] {
+			k, ok := entryKey(r.Entry)
+			if ok && !s.localAtKill[k] && !s.staleAtKill[k] {
 				s.staleAtKill[k] = true
 				late++
 			}

@@ -125,8 +125,9 @@ func (s *scenario) allowTakeoverReruns(victims []lockedLease, since time.Time) (
 				continue
 			}
 			claimed++
-			q, file, _ := strings.Cut(r.Entry, "/")
-			if id, ok := byBase[q+"/"+strings.TrimSuffix(file, ".pck")]; ok {
+			k, _ := entryKey(r.Entry)
+			if id, ok := byBase[k]; ok {
+				q, _, _ := strings.Cut(k, "/")
 				s.inFlight[q+"/"+id] = true
 			}
 		}

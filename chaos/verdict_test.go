@@ -244,15 +244,24 @@ func restoresOf(nodes []*node) map[string][]restoreEvent {
 			if r.Msg != "restored" && r.Msg != "settle: entry restored" {
 				continue
 			}
-			q, file, ok := strings.Cut(r.Entry, "/")
+			k, ok := entryKey(r.Entry)
 			if !ok {
 				continue
 			}
-			base := strings.TrimSuffix(strings.TrimSuffix(file, ".pck"), ".psv")
-			out[q+"/"+base] = append(out[q+"/"+base], restoreEvent{node: n.id, at: r.Time})
+			out[k] = append(out[k], restoreEvent{node: n.id, at: r.Time})
 		}
 	}
 	return out
+}
+
+// entryKey turns a log record's entry ("<queue>/<base>.pck", or .psv)
+// into "<queue>/<base>", the key of ledgers and store listings.
+func entryKey(entry string) (string, bool) {
+	q, file, ok := strings.Cut(entry, "/")
+	if !ok {
+		return "", false
+	}
+	return q + "/" + strings.TrimSuffix(strings.TrimSuffix(file, ".pck"), ".psv"), true
 }
 
 // g2Breaches finds every dequeue of an entry by a node after another

@@ -64,7 +64,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	// minutes, until healed). The lease counts as gone once every answer
 	// about it has said so for TTL + grace.
 	gone := !n.missingSince.IsZero() && began.Sub(n.missingSince) >= n.deadAfter()
-	last, lastETag := n.lease, n.leaseETag
+	last, lastETag, attempted, missingSince := n.lease, n.leaseETag, n.attempt, n.missingSince
 	n.mu.Unlock()
 	if errors.Is(err, store.ErrNotFound) && !gone && last.Epoch > 0 && lastETag != "" {
 		// Not read, but perhaps not gone: write over the version this
@@ -76,19 +76,16 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	}
 	switch {
 	case errors.Is(err, store.ErrNotFound) || err == nil && gone:
-		n.mu.Lock()
-		prev := n.lease
+		prev := last
 		if prev.Epoch > 0 && !gone {
-			n.mu.Unlock()
-			return fmt.Errorf("read lease: %w (for %v; it counts as gone after TTL + grace)", store.ErrNotFound, began.Sub(n.missingSince))
+			return fmt.Errorf("read lease: %w (not there for %v; it counts as gone after TTL + grace)", store.ErrNotFound, began.Sub(missingSince))
 		}
-		prevEpoch, attempted := prev.Epoch, n.attempt.Epoch
-		n.mu.Unlock()
+		prevEpoch := prev.Epoch
 		if getErr == nil {
 			// Served, but every write to it says it is not there: never
 			// reuse its epoch, nor one this node tried.
 			if old, err := DecodeLease(data); err == nil {
-				prevEpoch = max(prevEpoch, old.Epoch, attempted)
+				prevEpoch = max(prevEpoch, old.Epoch, attempted.Epoch)
 			}
 		}
 		next = Lease{Epoch: prevEpoch + 1, DeadEpoch: prev.DeadEpoch}

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"slices"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -72,6 +73,14 @@ type entryState struct {
 	gone        bool
 	goneBarrier uint64
 	delQueued   bool
+}
+
+// mayHaveCommitted records key, the key of an upload that failed but may
+// have committed, among the entry's maybe copies.
+func (st *entryState) mayHaveCommitted(key string) {
+	if !slices.Contains(st.maybe, key) {
+		st.maybe = append(st.maybe, key)
+	}
 }
 
 // mayBeStored says whether the store may hold a copy of the entry that a

@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
-	"slices"
 	"sort"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -186,8 +185,8 @@ func (m *Mirror) putHeld(ctx context.Context, e fence.Entry, key string, epoch u
 		// once the entry is finished, even if it is mirrored again under
 		// a later epoch first.
 		m.mu.Lock()
-		if st := m.index[e]; st != nil && !slices.Contains(st.maybe, key) {
-			st.maybe = append(st.maybe, key)
+		if st := m.index[e]; st != nil {
+			st.mayHaveCommitted(key)
 		}
 		m.mu.Unlock()
 		m.met.UploadErrors.WithLabelValues(store.CodeOf(err)).Inc()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -177,9 +176,7 @@ func (m *Mirror) putOnce(ctx context.Context, u *upload, g fence.Gate) (retry bo
 	_, err = m.st.Put(ctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{})
 	if err != nil {
 		m.mu.Lock()
-		if !slices.Contains(u.st.maybe, key) {
-			u.st.maybe = append(u.st.maybe, key)
-		}
+		u.st.mayHaveCommitted(key)
 		m.mu.Unlock()
 		if ctx.Err() != nil {
 			return true
