@@ -183,6 +183,11 @@ func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held m
 	if !n.finishedLongEnough(ci.key, ci.etag) {
 		return nil
 	}
+	if !ownCopy {
+		if err := n.deleteLateCopy(ctx, e, src, c); err != nil {
+			return err
+		}
+	}
 	if err := n.st.Delete(ctx, ci.key); err != nil {
 		return fmt.Errorf("delete claim: %w", err)
 	}
@@ -263,4 +268,25 @@ func (n *Node) ownCopiesGone(ctx context.Context, c Claim, target Entry, epoch u
 		}
 	}
 	return true, nil
+}
+
+// deleteLateCopy deletes src, the copy a finished entry's claim was won
+// from, if it is in the store again: an upload of the old owner that
+// committed after the takeover had deleted it. The claim is all that
+// keeps such a copy from being claimed afresh and run again, so it only
+// goes once the copy has.
+func (n *Node) deleteLateCopy(ctx context.Context, e Entry, src string, c Claim) error {
+	_, err := n.st.Stat(ctx, src)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("stat old copy: %w", err)
+	}
+	if err := n.st.Delete(ctx, src); err != nil {
+		return fmt.Errorf("delete late copy: %w", err)
+	}
+	n.m.lateCopies.Inc()
+	n.log.Warn("late copy of a finished entry deleted: the old owner's upload committed after the takeover", "entry", e.String(), "from", c.From, "from_epoch", c.FromEpoch, "token", c.Token)
+	return nil
 }

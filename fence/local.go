@@ -17,6 +17,29 @@ type Gate struct {
 	// its own: copies at lower epochs belong to a takeover by peers and are
 	// left alone by the node's reconcile.
 	OwnFrom uint64
+	// Done is closed when the node stops owning Epoch (it fenced). A
+	// write the gate let through must end then: a client that goes on
+	// retrying could commit a copy after the peers have taken the
+	// namespace over, and that copy would be claimed afresh once its
+	// entry's claim is collected. Nil never closes.
+	Done <-chan struct{}
+}
+
+// Bind returns a context that ends when ctx does or when g's epoch ends,
+// for a write that g let through.
+func (g Gate) Bind(ctx context.Context) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithCancel(ctx)
+	if g.Done == nil {
+		return c, cancel
+	}
+	go func() {
+		select {
+		case <-g.Done:
+			cancel()
+		case <-c.Done():
+		}
+	}()
+	return c, cancel
 }
 
 // Counts is what a node holds locally.

@@ -16,6 +16,7 @@ type Metrics struct {
 	handoffs     prometheus.Counter
 	claimsLost   prometheus.Counter
 	claimsGC     prometheus.Counter
+	lateCopies   prometheus.Counter
 	takeoverSecs prometheus.Histogram
 	state        *prometheus.GaugeVec
 	epoch        prometheus.Gauge
@@ -62,6 +63,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		claimsGC: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mmsidecar_claims_collected_total", Help: "Claims deleted once their entry was finished and no longer contested.",
 		}),
+		lateCopies: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_late_copies_deleted_total",
+			Help: "Copies of finished entries found in the store again when their claim was collected (an old owner's upload that committed late), deleted.",
+		}),
 		takeoverSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mmsidecar_takeover_entry_seconds", Help: "Time to take over one entry: claim to restored.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
@@ -82,7 +87,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
-			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.takeoverSecs,
+			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.lateCopies, m.takeoverSecs,
 			m.state, m.epoch, m.peers, m.peerReads)
 	}
 	return m

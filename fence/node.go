@@ -178,6 +178,7 @@ func (n *Node) Gate() Gate {
 		Writable: n.state == StateLive || n.state == StateSettling || n.state == StateDraining,
 		Draining: n.drain,
 		OwnFrom:  n.lease.DeadEpoch + 1,
+		Done:     n.liveCtx.Done(),
 	}
 }
 

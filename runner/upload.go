@@ -173,12 +173,21 @@ func (m *Mirror) putOnce(ctx context.Context, u *upload, g fence.Gate) (retry bo
 		return false
 	}
 	m.mu.Unlock()
-	_, err = m.st.Put(ctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{})
+	// Bound to the epoch: minio-go retries a request whose connection
+	// failed, and in a partition such a retry would commit once the
+	// network heals, long after the fence and the peers' takeover.
+	pctx, cancel := g.Bind(ctx)
+	defer cancel()
+	_, err = m.st.Put(pctx, key, io.NewSectionReader(f, 0, fi.Size), fi.Size, store.Condition{})
 	if err != nil {
 		m.mu.Lock()
 		u.st.mayHaveCommitted(key)
 		m.mu.Unlock()
 		if ctx.Err() != nil {
+			return true
+		}
+		if pctx.Err() != nil {
+			m.log.Info("upload abandoned at the fence; it runs again once the node is back", "queue", e.Queue, "entry", e.FileName(), "epoch", g.Epoch)
 			return true
 		}
 		code := store.CodeOf(err)
