@@ -460,10 +460,14 @@ func TestPartitionedNodeFencesBeforeTakeover(t *testing.T) {
 	c.enqueue("a", 0, 40)
 	c.runFor(time.Second)
 	c.nodes["a"].local.Dequeue(entry(0)) // in flight at the partition
+	before := c.nodes["a"].n.Gate()
 	c.nodes["a"].st.down.Store(true)
 	c.runFor(ttl + grace + 3*time.Second) // G2 is checked at every step
 	if st, _ := c.nodes["a"].n.State(); st != fence.StateFenced {
 		t.Fatalf("partitioned node state %s, want fenced", st)
+	}
+	if !closed(before.Done) {
+		t.Fatal("the fence left open the gate's Done of the epoch it ended: writes still on the wire go on")
 	}
 	if v, h := c.count("a"); v != 0 || h != 39 {
 		t.Fatalf("partitioned node: %d visible %d held, want 0 and 39", v, h)
@@ -479,6 +483,9 @@ func TestPartitionedNodeFencesBeforeTakeover(t *testing.T) {
 	}
 	if st, epoch := c.nodes["a"].n.State(); st != fence.StateLive || epoch != 2 {
 		t.Fatalf("healed node state %s epoch %d, want live 2", st, epoch)
+	}
+	if g := c.nodes["a"].n.Gate(); closed(g.Done) || !g.Writable {
+		t.Fatalf("healed node's gate: writable %v, done closed %v", g.Writable, closed(g.Done))
 	}
 	// New work on the healed node goes to its new epoch and stays there.
 	c.enqueue("a", 100, 110)
@@ -622,5 +629,14 @@ func TestTransferBoundPreservesPoison(t *testing.T) {
 	got := c.nodes["b"].local.Visible()[0]
 	if got.Queue != "bad" || got.Kind != fence.KindPsv {
 		t.Fatalf("poison entry restored as %s, want bad/*.psv", got)
+	}
+}
+
+func closed(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
 	}
 }
