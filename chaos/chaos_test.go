@@ -270,8 +270,15 @@ func steadyCost(t *testing.T, nodes []*node, from, to map[string]metricSet, v ve
 // takeoverTimes are the moments of a takeover, from the fault on.
 type takeoverTimes struct {
 	dead, first, last, empty time.Duration
-	// ok: a survivor logged both the death and a claim.
+	// ok: a survivor logged both the death (or a refused declaration,
+	// see refused) and a claim.
 	ok bool
+	// refused: no declaration was answered as written, but one was
+	// answered as refused after the fault. A MinIO cluster with a server
+	// down can time out a conditional write and commit it later (see
+	// README.md, "MinIO"): the peers then read the dead lease and take
+	// over without any node having logged the declaration as written.
+	refused bool
 }
 
 // awaitTakeover waits until victim's namespace is empty and reads from the
@@ -288,6 +295,10 @@ func (s *scenario) awaitTakeover(victim *node, survivors []*node) takeoverTimes 
 	}
 	tt := takeoverTimes{empty: time.Since(s.faultAt)}
 	dead := logTimes(survivors, "declared peer dead", s.faultAt)
+	if len(dead) == 0 {
+		dead = logTimes(survivors, "declare peer dead: write refused; its silence starts again", s.faultAt)
+		tt.refused = len(dead) > 0
+	}
 	first, last, ok := logMargin(survivors, s.faultAt)
 	if ok && len(dead) > 0 {
 		tt.dead, tt.first, tt.last, tt.ok = dead[0].Sub(s.faultAt), first.Sub(s.faultAt), last.Sub(s.faultAt), true
