@@ -14,6 +14,9 @@ import (
 // sidecars were given the same node id.
 var ErrDuplicateNode = errors.New("another process holds this node id")
 
+// errNotGoneYet: the node's lease is missing, but not yet for TTL + grace.
+var errNotGoneYet = errors.New("it counts as gone after TTL + grace")
+
 // Start acquires the node's lease under a new epoch; the node is then
 // settling: Run settles whatever the hold area keeps (SettleStep) while it
 // renews the lease, and makes the node live. freshDisk says the local
@@ -21,8 +24,30 @@ var ErrDuplicateNode = errors.New("another process holds this node id")
 // previous epochs are then taken over like a dead peer's. It retries
 // transient store errors until ctx ends.
 func (n *Node) Start(ctx context.Context, freshDisk bool) error {
+	if n.cfg.Epochs != nil {
+		last, err := n.cfg.Epochs.Last()
+		if err != nil {
+			return fmt.Errorf("read epoch record: %w", err)
+		}
+		n.mu.Lock()
+		n.recorded, n.earlier = last, last
+		n.mu.Unlock()
+	}
+	waiting := false
 	err := retry(ctx, n.clock, 2*time.Second, func() error {
-		return n.acquire(ctx, freshDisk, true)
+		err := n.acquire(ctx, freshDisk, true)
+		if !errors.Is(err, errNotGoneYet) {
+			return err
+		}
+		if !waiting {
+			waiting = true
+			n.mu.Lock()
+			earlier := n.earlier
+			n.mu.Unlock()
+			n.log.Warn("own lease not in the store: starting above the recorded epoch once it has been missing for TTL + grace", "recorded_epoch", earlier, "wait", n.deadAfter())
+		}
+		// Keep asking: the wait is counted from the first answer.
+		return &store.OpError{Op: "get", Key: n.cfg.Layout.LeaseKey(n.cfg.Node), Kind: store.KindTransient, Err: err}
 	})
 	if err != nil {
 		return fmt.Errorf("acquire lease: %w", err)
@@ -64,7 +89,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	// minutes, until healed). The lease counts as gone once every answer
 	// about it has said so for TTL + grace.
 	gone := !n.missingSince.IsZero() && began.Sub(n.missingSince) >= n.deadAfter()
-	last, lastETag, attempted, missingSince := n.lease, n.leaseETag, n.attempt, n.missingSince
+	last, lastETag, attempted, missingSince, earlier := n.lease, n.leaseETag, n.attempt, n.missingSince, n.earlier
 	n.mu.Unlock()
 	if errors.Is(err, store.ErrNotFound) && !gone && last.Epoch > 0 && lastETag != "" {
 		// Not read, but perhaps not gone: write over the version this
@@ -77,10 +102,12 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	switch {
 	case errors.Is(err, store.ErrNotFound) || err == nil && gone:
 		prev := last
-		if prev.Epoch > 0 && !gone {
-			return fmt.Errorf("read lease: %w (not there for %v; it counts as gone after TTL + grace)", store.ErrNotFound, began.Sub(missingSince))
+		// An epoch an earlier run tried (the record) may have been
+		// written: like one of this run, its lease's absence must last.
+		prevEpoch := max(prev.Epoch, earlier)
+		if prevEpoch > 0 && !gone {
+			return fmt.Errorf("read lease: %w (not there for %v; %w)", store.ErrNotFound, began.Sub(missingSince), errNotGoneYet)
 		}
-		prevEpoch := prev.Epoch
 		if getErr == nil {
 			// Served, but every write to it says it is not there: never
 			// reuse its epoch, nor one this node tried.
@@ -107,7 +134,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 		ours := old.Nonce != "" && n.written[old.Nonce]
 		// A late commit of an older attempt can carry an older epoch:
 		// never reuse one.
-		prevEpoch := max(n.lease.Epoch, n.attempt.Epoch)
+		prevEpoch := max(n.lease.Epoch, n.attempt.Epoch, n.earlier)
 		n.mu.Unlock()
 		if !starting && !ours && old.State != StateDead {
 			return ErrDuplicateNode
@@ -128,6 +155,9 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	next.TTLMillis = n.cfg.TTL.Milliseconds()
 	next.Wall = time.Now().UTC()
 	next.Nonce = Nonce(n.rnd)
+	if err := n.record(next.Epoch); err != nil {
+		return err
+	}
 	n.mu.Lock()
 	// Remembered before the write: if it commits but its answer is lost,
 	// the next try recognises the stored lease as ours and still knows
@@ -164,6 +194,28 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.mu.Unlock()
 	n.m.epoch.Set(float64(next.Epoch))
 	n.log.Info("lease acquired", "epoch", next.Epoch, "dead_epoch", next.DeadEpoch, "taken_over", markedDead)
+	return nil
+}
+
+// record saves epoch in the epoch record before any lease write of it,
+// so that no later run of the node reuses it.
+func (n *Node) record(epoch uint64) error {
+	if n.cfg.Epochs == nil {
+		return nil
+	}
+	n.mu.Lock()
+	done := epoch <= n.recorded
+	n.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := n.cfg.Epochs.Save(epoch); err != nil {
+		n.log.Error("cannot record the epoch on the local disk; the lease is not written", "epoch", epoch, "err", err)
+		return fmt.Errorf("record epoch: %w", err)
+	}
+	n.mu.Lock()
+	n.recorded = max(n.recorded, epoch)
+	n.mu.Unlock()
 	return nil
 }
 

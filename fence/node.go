@@ -34,6 +34,21 @@ type Config struct {
 	MaxTransfers int
 	// Concurrency bounds parallel takeovers and settles (default 16).
 	Concurrency int
+	// Epochs keeps the highest epoch the node has tried on its own disk,
+	// so that a restart never reuses an epoch, even when the store has
+	// lost the lease. Nil keeps none: a node whose lease is gone then
+	// starts again at epoch 1.
+	Epochs EpochRecord
+}
+
+// EpochRecord is the node's durable record of the highest epoch it has
+// tried. The runner keeps it in the state directory.
+type EpochRecord interface {
+	// Last returns the recorded epoch, 0 when there is none.
+	Last() (uint64, error)
+	// Save records epoch durably; it returns only once the record would
+	// survive a crash.
+	Save(epoch uint64) error
 }
 
 // Validate checks the timing rules of the model.
@@ -78,6 +93,9 @@ type Node struct {
 	renewedAt time.Time // start of the last successful lease write
 	attempt   Lease     // the lease body of the last lease write attempt
 	attemptAt time.Time // when that attempt started
+	// recorded is the highest epoch in cfg.Epochs; earlier is what it
+	// held at Start: the last epoch an earlier run of the node tried.
+	recorded, earlier uint64
 	// missingSince is when the store first said this node's lease was not
 	// there, in the current run of such answers (acquire).
 	missingSince time.Time

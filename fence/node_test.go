@@ -143,10 +143,13 @@ type cluster struct {
 	layout fence.Layout
 	nodes  map[string]*tnode
 	order  []string
+	// records are the nodes' epoch records: they live on the node's disk
+	// and go with it.
+	records map[string]*memRecord
 }
 
 func newCluster(t *testing.T, ids ...string) *cluster {
-	c := &cluster{t: t, clock: fencetest.NewClock(), shared: memstore.New(), layout: fence.NewLayout("mm"), nodes: map[string]*tnode{}}
+	c := &cluster{t: t, clock: fencetest.NewClock(), shared: memstore.New(), layout: fence.NewLayout("mm"), nodes: map[string]*tnode{}, records: map[string]*memRecord{}}
 	for _, id := range ids {
 		c.start(id, nil, false)
 		c.order = append(c.order, id)
@@ -169,7 +172,10 @@ func (c *cluster) start(id string, local *fencetest.Local, fresh bool) *tnode {
 		local.SetGate(gate)
 	}
 	tn.local = local
-	n, err := fence.New(fence.Config{Node: id, Layout: c.layout, TTL: ttl, Grace: grace, Margin: margin, MaxTransfers: 3},
+	if c.records[id] == nil || fresh {
+		c.records[id] = &memRecord{}
+	}
+	n, err := fence.New(fence.Config{Node: id, Layout: c.layout, TTL: ttl, Grace: grace, Margin: margin, MaxTransfers: 3, Epochs: c.records[id]},
 		st, local, c.clock, rand.New(rand.NewPCG(uint64(len(c.nodes)), 7)), nil, nil)
 	if err != nil {
 		c.t.Fatal(err)

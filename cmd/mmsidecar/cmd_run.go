@@ -175,6 +175,7 @@ func newDaemon(cfg *Config, st store.Store, reg prometheus.Registerer, log *slog
 		n, err := fence.New(fence.Config{
 			Node: cfg.NodeID, Layout: layout, TTL: cfg.LeaseTTL, Grace: cfg.LeaseGrace,
 			Margin: cfg.LeaseMargin, MaxTransfers: cfg.MaxTransfers,
+			Epochs: runner.NewEpochFile(runner.OSFS{}, cfg.StateDir, cfg.NodeID),
 		}, st, m, fence.SystemClock{}, fence.NewSystemRand(), fence.NewMetrics(reg), log)
 		if err != nil {
 			return nil, &ConfigError{Var: "MMSIDECAR_LEASE_TTL", Value: cfg.LeaseTTL.String(), Reason: err.Error()}

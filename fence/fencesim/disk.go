@@ -35,6 +35,17 @@ type disk struct {
 	gone []string
 	// since: when the entry last arrived in the queue directory.
 	since map[fence.Entry]time.Duration
+	// epoch: the node's epoch record in its state directory.
+	epoch uint64
+}
+
+// Last implements fence.EpochRecord: the record lives on the disk.
+func (d *disk) Last() (uint64, error) { return d.epoch, nil }
+
+// Save implements fence.EpochRecord.
+func (d *disk) Save(epoch uint64) error {
+	d.epoch = epoch
+	return nil
 }
 
 type file struct {
@@ -58,6 +69,7 @@ func (d *disk) reset() {
 	d.finished = make(map[fence.Entry]bool)
 	d.gone = nil
 	d.since = make(map[fence.Entry]time.Duration)
+	d.epoch = 0
 }
 
 func sortEntries(es []fence.Entry) {
