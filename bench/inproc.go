@@ -53,7 +53,7 @@ func startInproc(ctx context.Context, e *env, o sidecarOpts) (*inprocSidecar, er
 		ttl, grace, margin = defaultTTL, defaultGrace, defaultMargin
 	}
 	reg := prometheus.NewRegistry()
-	raw, err := s3store.New(s3store.Config{Endpoint: e.proxy.addr, Bucket: o.Bucket, AccessKey: e.minio.AccessKey, SecretKey: e.minio.SecretKey})
+	raw, err := s3store.New(s3store.Config{Endpoint: e.endpoint(o), Bucket: o.Bucket, AccessKey: e.minio.AccessKey, SecretKey: e.minio.SecretKey})
 	if err != nil {
 		return nil, err
 	}

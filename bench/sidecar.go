@@ -25,6 +25,18 @@ type sidecarOpts struct {
 	Bucket   string
 	// TTL, Grace and Margin override the lease timing (zero: defaults).
 	TTL, Grace, Margin time.Duration
+	// Direct connects the sidecar to MinIO itself, not through the
+	// bench's proxy: for workloads that time nothing at the proxy, so
+	// that the proxy's CPU and hop are not part of what they measure.
+	Direct bool
+}
+
+// endpoint is the S3 endpoint a sidecar started with o uses.
+func (e *env) endpoint(o sidecarOpts) string {
+	if o.Direct {
+		return e.minio.Endpoint
+	}
+	return e.proxy.addr
 }
 
 // sidecar is one mmsidecar under test: the real binary (the default) or
@@ -84,7 +96,7 @@ func startBinary(e *env, o sidecarOpts) (*binarySidecar, error) {
 	env := append(cleanEnv(),
 		"MMSIDECAR_NODE_ID="+o.Node,
 		"MMSIDECAR_QUEUE_DIR="+o.QueueDir,
-		"MMSIDECAR_S3_ENDPOINT="+e.proxy.addr,
+		"MMSIDECAR_S3_ENDPOINT="+e.endpoint(o),
 		"MMSIDECAR_S3_BUCKET="+o.Bucket,
 		"MMSIDECAR_S3_ACCESS_KEY="+e.minio.AccessKey,
 		"MMSIDECAR_S3_SECRET_KEY="+e.minio.SecretKey,

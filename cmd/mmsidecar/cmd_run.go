@@ -174,7 +174,7 @@ func newDaemon(cfg *Config, st store.Store, reg prometheus.Registerer, log *slog
 	if cfg.Mode == ModeCluster {
 		n, err := fence.New(fence.Config{
 			Node: cfg.NodeID, Layout: layout, TTL: cfg.LeaseTTL, Grace: cfg.LeaseGrace,
-			Margin: cfg.LeaseMargin, MaxTransfers: cfg.MaxTransfers,
+			Margin: cfg.LeaseMargin, MaxTransfers: cfg.MaxTransfers, Concurrency: cfg.TakeoverConcurrency,
 			Epochs: runner.NewEpochFile(runner.OSFS{}, cfg.StateDir, cfg.NodeID),
 		}, st, m, fence.SystemClock{}, fence.NewSystemRand(), fence.NewMetrics(reg), log)
 		if err != nil {

@@ -123,6 +123,9 @@ type Config struct {
 	MaxTransfers int `env:"MMSIDECAR_MAX_TRANSFERS, default=3"`
 	// UploadConcurrency is the number of concurrent store writes.
 	UploadConcurrency int `env:"MMSIDECAR_UPLOAD_CONCURRENCY, default=16"`
+	// TakeoverConcurrency is the number of entries a takeover (or a
+	// settle) restores at once.
+	TakeoverConcurrency int `env:"MMSIDECAR_TAKEOVER_CONCURRENCY, default=16"`
 	// AllowUnsafeStore runs even when the start-up probe finds the store
 	// unsafe.
 	AllowUnsafeStore bool `env:"MMSIDECAR_ALLOW_UNSAFE_STORE, default=false"`

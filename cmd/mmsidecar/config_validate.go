@@ -370,6 +370,9 @@ func (c *Config) checkTuning() []error {
 	if c.UploadConcurrency < 1 || c.UploadConcurrency > maxUploadConcurrency {
 		errs = append(errs, newConfigError("MMSIDECAR_UPLOAD_CONCURRENCY", strconv.Itoa(c.UploadConcurrency), "must be between 1 and %d", maxUploadConcurrency))
 	}
+	if c.TakeoverConcurrency < 1 || c.TakeoverConcurrency > maxUploadConcurrency {
+		errs = append(errs, newConfigError("MMSIDECAR_TAKEOVER_CONCURRENCY", strconv.Itoa(c.TakeoverConcurrency), "must be between 1 and %d", maxUploadConcurrency))
+	}
 	positive := []struct {
 		name string
 		d    time.Duration
