@@ -22,13 +22,17 @@ type claimInfo struct {
 // holds, and collects the claims of finished entries once no node can
 // still settle a held copy against them. It runs every 2 TTL, and every
 // scan while a peer is draining; ScanStep defers it (up to 4 TTL) while a
-// takeover has entries left. An idle cluster skips it: once a pass has
-// found no claim at all, none is listed again until one may exist (see
-// claimsMaybe).
+// takeover has entries left, and a pass that runs while one has is light:
+// it handles the claims it knows (its own writes, and what it read
+// before) and reads no other, so that its survivors do not each read the
+// thousands of claims the others write; the next pass after the takeover
+// reads them. An idle cluster skips it: once a pass has found no claim at
+// all, none is listed again until one may exist (see claimsMaybe).
 func (n *Node) ClaimsPass(ctx context.Context) error {
 	n.mu.Lock()
 	due := (n.state == StateLive || n.state == StateDraining) &&
 		((n.claimsMaybe && n.clock.Now().Sub(n.lastClaims) >= 2*n.cfg.TTL) || n.anyDrainingPeerLocked())
+	light := n.takeoverMore
 	if due {
 		n.lastClaims = n.clock.Now()
 		// Cleared before the listing: a claim written meanwhile sets it
@@ -39,7 +43,7 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	if !due {
 		return nil
 	}
-	err := n.claimsPass(ctx)
+	err := n.claimsPass(ctx, light)
 	if err != nil {
 		n.mu.Lock()
 		n.claimsMaybe = true
@@ -48,7 +52,9 @@ func (n *Node) ClaimsPass(ctx context.Context) error {
 	return err
 }
 
-func (n *Node) claimsPass(ctx context.Context) error {
+// claimsPass lists the claims and steps through them; light reads none
+// that the cache does not hold at its listed version.
+func (n *Node) claimsPass(ctx context.Context, light bool) error {
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
 	var infos []claimInfo
@@ -74,11 +80,19 @@ func (n *Node) claimsPass(ctx context.Context) error {
 	live := make(map[string]bool, len(infos))
 	del := n.newCopyDeleter()
 	var firstErr error
+	unread := 0
 	for _, ci := range infos {
 		live[ci.key] = true
+		if light && !n.claimKnown(ci) {
+			unread++
+			continue
+		}
 		if err := n.claimStep(octx, ci, epoch, held, del); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
+	}
+	if unread > 0 {
+		n.log.Debug("light claims pass during a takeover", "claims", len(infos), "unread", unread, "epoch", epoch)
 	}
 	if err := del.flush(octx); err != nil {
 		firstErr = cmpErr(firstErr, err)
@@ -91,6 +105,15 @@ func (n *Node) claimsPass(ctx context.Context) error {
 	}
 	n.mu.Unlock()
 	return firstErr
+}
+
+// claimKnown reports whether the cache holds ci's claim at its listed
+// version.
+func (n *Node) claimKnown(ci claimInfo) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	cached, ok := n.claimCache[ci.key]
+	return ok && cached.etag == ci.etag
 }
 
 func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool, del *copyDeleter) error {
