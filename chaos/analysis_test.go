@@ -120,20 +120,32 @@ func TestAnalyze(t *testing.T) {
 }
 
 func TestG2Breaches(t *testing.T) {
-	restores := map[string][]restoreEvent{"in/1.0+x": {{node: "b", at: at(10)}}}
+	restoredOnB := []restoreEvent{{node: "b", at: at(10)}}
+	// b restored it, was killed at 11; a restored it at 20 (after the
+	// kill) or at 10.5 (before it).
+	afterKill := []restoreEvent{{node: "b", at: at(10)}, {node: "a", at: at(20)}}
+	beforeKill := []restoreEvent{{node: "b", at: at(10)}, {node: "a", at: at(10).Add(500 * time.Millisecond)}}
+	bKilled := map[string][]time.Time{"b": {at(11)}}
 	tests := []struct {
-		name   string
-		ledger []ledgerEntry
-		want   int
+		name     string
+		restores []restoreEvent
+		kills    map[string][]time.Time
+		ledger   []ledgerEntry
+		want     int
 	}{
-		{"dequeued before the restore: in flight", []ledgerEntry{hopRun("in", "x", "a", 9, "1.0+x")}, 0},
-		{"dequeued after another node restored it", []ledgerEntry{hopRun("in", "x", "a", 11, "1.0+x")}, 1},
-		{"the restoring node itself", []ledgerEntry{hopRun("in", "x", "b", 11, "1.0+x")}, 0},
-		{"another file of the message", []ledgerEntry{hopRun("in", "x", "a", 11, "1.5+x")}, 0},
+		{"dequeued before the restore: in flight", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 9, "1.0+x")}, 0},
+		{"dequeued after another node restored it", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.0+x")}, 1},
+		{"the restoring node itself", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "b", 11, "1.0+x")}, 0},
+		{"another file of the message", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.5+x")}, 0},
+		{"restorer killed, then taken over", afterKill, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 0},
+		{"restorer killed, but both had it before", beforeKill, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"restorer killed only after the dequeue", afterKill, map[string][]time.Time{"b": {at(30)}}, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"restorer killed, dequeued without a restore of its own", restoredOnB, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := g2Breaches(tc.ledger, restores); len(got) != tc.want {
+			restores := map[string][]restoreEvent{"in/1.0+x": tc.restores}
+			if got := g2Breaches(tc.ledger, restores, tc.kills); len(got) != tc.want {
 				t.Errorf("breaches %v, want %d", got, tc.want)
 			}
 		})

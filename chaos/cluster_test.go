@@ -100,6 +100,8 @@ type node struct {
 	sidecar    *proc
 	worker     *proc
 	proxy      *proxy // nil unless clusterOptions.Proxy
+	// killedAt: when the whole node (worker and sidecar) was SIGKILLed.
+	killedAt []time.Time
 }
 
 func newCluster(t *testing.T, m storeServer, opt clusterOptions) *cluster {

@@ -271,6 +271,7 @@ func (s *scenario) killNode(n *node) {
 	}
 	n.worker.kill()
 	n.sidecar.kill()
+	n.killedAt = append(n.killedAt, time.Now())
 }
 
 // waitDone waits until every injected message has reached the last hop
@@ -386,7 +387,7 @@ func (s *scenario) judge(strict bool, note string) verdict {
 	led := s.c.ledger()
 	s.lateCopies()
 	v := analyze(s.name, s.c.injectedIDs(), led, s.inFlight, s.staleAtKill, s.faultAt, s.staleWindow)
-	v.Breaches = g2Breaches(led, restoresOf(s.c.nodes))
+	v.Breaches = g2Breaches(led, restoresOf(s.c.nodes), killsOf(s.c.nodes))
 	if len(s.leaked) > 0 {
 		note += fmt.Sprintf("; LEAKED copies %v", s.leaked)
 	}

@@ -264,14 +264,44 @@ func entryKey(entry string) (string, bool) {
 	return q + "/" + strings.TrimSuffix(strings.TrimSuffix(file, ".pck"), ".psv"), true
 }
 
+// endedBefore reports whether restore r's node was killed after r and
+// before e's node restored the entry (itself before e's dequeue).
+func endedBefore(r restoreEvent, e ledgerEntry, restores []restoreEvent, kills []time.Time) bool {
+	for _, k := range kills {
+		if !k.After(r.at) || k.After(e.At) {
+			continue
+		}
+		for _, mine := range restores {
+			if mine.node == e.Node && !mine.at.Before(k) && !mine.at.After(e.At) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// killsOf maps each node to the times it was killed whole.
+func killsOf(nodes []*node) map[string][]time.Time {
+	out := make(map[string][]time.Time)
+	for _, n := range nodes {
+		out[n.id] = n.killedAt
+	}
+	return out
+}
+
 // g2Breaches finds every dequeue of an entry by a node after another
 // node had restored the same entry: from the restore to the dequeue, two
-// nodes' runners saw it as .pck (G2).
-func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent) []string {
+// nodes' runners saw it as .pck (G2). A restore does not count when its
+// node was then killed whole (runners and sidecar) and the dequeuing node
+// restored the entry only after that kill: their runners never saw it
+// at the same time, and the killed node's restart holds everything back
+// until the store has said whose it is.
+func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent, kills map[string][]time.Time) []string {
 	var out []string
 	for _, e := range ledger {
-		for _, r := range restores[e.Queue+"/"+e.Base] {
-			if r.node != e.Node && !e.At.Before(r.at) {
+		key := e.Queue + "/" + e.Base
+		for _, r := range restores[key] {
+			if r.node != e.Node && !e.At.Before(r.at) && !endedBefore(r, e, restores[key], kills[r.node]) {
 				out = append(out, fmt.Sprintf("%s/%s (%s) dequeued on %s at %s, %s after %s restored it",
 					e.Queue, e.ID, e.Base[:min(len(e.Base), 24)], e.Node, e.At.Format("15:04:05.000"), ms(e.At.Sub(r.at)), r.node))
 				break
