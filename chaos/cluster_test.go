@@ -393,7 +393,19 @@ func (n *node) counts() fileCounts {
 
 // backlog counts the .pck files in one of the node's queues.
 func (n *node) backlog(queue string) int {
-	ents, _ := os.ReadDir(filepath.Join(n.queueDir, queue))
+	return countPck(filepath.Join(n.queueDir, queue))
+}
+
+// waiting is the node's backlog in queue plus what its hold area keeps
+// of that queue: a fenced node holds its queued entries for a moment and
+// releases them once it is back.
+func (n *node) waiting(queue string) int {
+	return n.backlog(queue) + countPck(filepath.Join(n.holdDir, queue))
+}
+
+// countPck counts the valid .pck names in dir.
+func countPck(dir string) int {
+	ents, _ := os.ReadDir(dir)
 	k := 0
 	for _, de := range ents {
 		if _, ext, ok := fence.ParseFileName(de.Name()); ok && ext == fence.ExtPck {
