@@ -30,11 +30,19 @@ type lockedLease struct {
 // it logged refused re-acquires and no lease: the store refused its
 // writes after it was back. Every other takeover, and every declaration
 // of death that no node came back from, is described in odd. declared
-// counts the declarations logged.
+// counts the declarations logged. The store counts as back from the first
+// lease any node acquired after faultAt, when that came before backAt:
+// the harness's backAt is when starting the servers returned, which can
+// be many seconds after the first of them restored write quorum.
 func outageDeaths(nodes []*node, faultAt, backAt time.Time) (explained []lockedLease, odd []string, declared int) {
 	logs := make(map[string][]logRecord, len(nodes))
 	for _, n := range nodes {
 		logs[n.id] = readLog(n.sidecarLog)
+		for _, r := range logs[n.id] {
+			if r.Msg == "lease acquired" && !r.Time.Before(faultAt) && r.Time.Before(backAt) {
+				backAt = r.Time
+			}
+		}
 	}
 	type declaration struct {
 		by string
