@@ -57,7 +57,7 @@ func TestOutageDeaths(t *testing.T) {
 				}
 			}
 			if declared != decls {
-				t.Errorf("declared %d, want %d", declared, len(tc.a))
+				t.Errorf("declared %d, want %d", declared, decls)
 			}
 			if got := len(explained) == 1 && len(odd) == 0; got != tc.explained {
 				t.Fatalf("explained %+v, odd %v; want explained %v", explained, odd, tc.explained)

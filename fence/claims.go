@@ -83,11 +83,11 @@ func (n *Node) claimsPass(ctx context.Context, light bool) error {
 	unread := 0
 	for _, ci := range infos {
 		live[ci.key] = true
-		if light && !n.claimKnown(ci) {
+		read, err := n.claimStep(octx, ci, epoch, held, del, light)
+		if !read {
 			unread++
-			continue
 		}
-		if err := n.claimStep(octx, ci, epoch, held, del); err != nil {
+		if err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
@@ -107,31 +107,34 @@ func (n *Node) claimsPass(ctx context.Context, light bool) error {
 	return firstErr
 }
 
-// claimKnown reports whether the cache holds ci's claim at its listed
-// version.
-func (n *Node) claimKnown(ci claimInfo) bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	cached, ok := n.claimCache[ci.key]
-	return ok && cached.etag == ci.etag
-}
-
-func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool, del *copyDeleter) error {
+// claimStep handles one listed claim if it is this node's. It reports
+// known=false, doing nothing, when light and the cache does not hold the
+// claim at its listed version.
+func (n *Node) claimStep(ctx context.Context, ci claimInfo, epoch uint64, held map[Entry]bool, del *copyDeleter, light bool) (known bool, err error) {
 	n.mu.Lock()
 	cached, ok := n.claimCache[ci.key]
 	n.mu.Unlock()
-	if ok && cached.etag == ci.etag {
+	switch {
+	case ok && cached.etag == ci.etag:
 		ci.claim = cached.claim
-	} else {
+	case light:
+		return false, nil
+	default:
 		c, etag, found, err := n.readClaim(ctx, ci.entry)
 		if err != nil || !found {
-			return err
+			return true, err
 		}
 		ci.claim, ci.etag = c, etag
 		n.mu.Lock()
 		n.claimCache[ci.key] = cachedClaim{etag: etag, claim: c}
 		n.mu.Unlock()
 	}
+	return true, n.handleClaim(ctx, ci, cached, epoch, held, del)
+}
+
+// handleClaim acts on ci if this node owns it; cached is what the cache
+// held for it before this pass.
+func (n *Node) handleClaim(ctx context.Context, ci claimInfo, cached cachedClaim, epoch uint64, held map[Entry]bool, del *copyDeleter) error {
 	c, e := ci.claim, ci.entry
 	if c.Owner != n.cfg.Node || !n.markInflight(e) {
 		return nil

@@ -18,8 +18,8 @@ import (
 
 // Timing bounds enforced by validate.
 const (
-	minLeaseTTL          = 300 * time.Millisecond
-	maxUploadConcurrency = 256
+	minLeaseTTL    = 300 * time.Millisecond
+	maxConcurrency = 256
 )
 
 // validate fills computed defaults, resolves names and checks every rule,
@@ -367,11 +367,13 @@ func (c *Config) checkTuning() []error {
 	if c.MaxTransfers < 1 {
 		errs = append(errs, newConfigError("MMSIDECAR_MAX_TRANSFERS", strconv.Itoa(c.MaxTransfers), "must be at least 1"))
 	}
-	if c.UploadConcurrency < 1 || c.UploadConcurrency > maxUploadConcurrency {
-		errs = append(errs, newConfigError("MMSIDECAR_UPLOAD_CONCURRENCY", strconv.Itoa(c.UploadConcurrency), "must be between 1 and %d", maxUploadConcurrency))
-	}
-	if c.TakeoverConcurrency < 1 || c.TakeoverConcurrency > maxUploadConcurrency {
-		errs = append(errs, newConfigError("MMSIDECAR_TAKEOVER_CONCURRENCY", strconv.Itoa(c.TakeoverConcurrency), "must be between 1 and %d", maxUploadConcurrency))
+	for _, v := range []struct {
+		name string
+		n    int
+	}{{"MMSIDECAR_UPLOAD_CONCURRENCY", c.UploadConcurrency}, {"MMSIDECAR_TAKEOVER_CONCURRENCY", c.TakeoverConcurrency}} {
+		if v.n < 1 || v.n > maxConcurrency {
+			errs = append(errs, newConfigError(v.name, strconv.Itoa(v.n), "must be between 1 and %d", maxConcurrency))
+		}
 	}
 	positive := []struct {
 		name string
