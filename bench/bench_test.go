@@ -23,6 +23,7 @@ func tinyConfig() config {
 		idleTTL: 900 * time.Millisecond, idleFor: 2 * time.Second,
 		takeoverCounts: []int{40}, takeoverSurvivors: []int{2}, takeoverTTL: 900 * time.Millisecond,
 		scaleEntries: 200, gracefulEntries: 30,
+		requestCount: 40,
 	}
 }
 
@@ -73,6 +74,12 @@ func TestQuickRun(t *testing.T) {
 		{"idle cost counted", "3 cost", "idle requests/min per node, measured", func(r row) bool { return strings.Contains(r.Sidecar, "put ") }},
 		{"takeover restored all, once each", "4 takeover", "kill → all restored", func(r row) bool {
 			return !strings.HasPrefix(r.Sidecar, "incomplete") && !strings.Contains(r.Met, "two survivors")
+		}},
+		{"takeover CPU measured", "4 takeover", "CPU, kill → all restored", func(r row) bool {
+			return strings.HasPrefix(r.Sidecar, "MinIO ") && strings.Contains(r.Sidecar, "survivors ")
+		}},
+		{"request cost measured", "6 requests", "MinIO CPU per restored entry", func(r row) bool {
+			return strings.Contains(r.Sidecar, " ms: 10,000 entries take ≥ ")
 		}},
 		{"initial sync done", "5 scale", "initial sync", func(r row) bool { return strings.HasSuffix(r.Sidecar, "entries/s)") }},
 		{"restart reconciled", "5 scale", "start-up reconcile", func(r row) bool { return strings.HasSuffix(strings.Fields(r.Sidecar)[1], "s") }},

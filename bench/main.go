@@ -7,8 +7,10 @@
 //	go run ./bench -quick    # seconds per workload
 //
 // Workloads: 1 mirror lag, 2 hop throughput, 3 store cost, 4 takeover,
-// 5 scale. Every store request of every client goes through a recording
-// proxy, which timestamps the moment MinIO answers each write and delete.
+// 5 scale, 6 MinIO's CPU per request kind (what bounds a takeover). The
+// mirror workloads' store requests go through a recording proxy, which
+// timestamps the moment MinIO answers each write and delete; the takeover
+// and request-cost workloads talk to MinIO directly.
 // Figures are printed, never asserted.
 package main
 
@@ -51,6 +53,8 @@ type config struct {
 
 	scaleEntries    int
 	gracefulEntries int
+
+	requestCount int // requests of each kind in the request-cost workload
 }
 
 func fullConfig() config {
@@ -61,6 +65,7 @@ func fullConfig() config {
 		idleTTL: 3 * time.Second, idleFor: 60 * time.Second,
 		takeoverCounts: []int{1000, 10000}, takeoverSurvivors: []int{2, 4},
 		scaleEntries: 100000, gracefulEntries: 5000,
+		requestCount: 4000,
 	}
 }
 
@@ -73,11 +78,12 @@ func quickConfig() config {
 		takeoverCounts: []int{200}, takeoverSurvivors: []int{2},
 		takeoverTTL:  1500 * time.Millisecond,
 		scaleEntries: 2000, gracefulEntries: 300,
+		requestCount: 500,
 	}
 }
 
 // workloads names the workloads in order.
-var workloads = []string{"lag", "hops", "idle", "takeover", "scale"}
+var workloads = []string{"lag", "hops", "idle", "takeover", "scale", "requests"}
 
 func main() {
 	os.Exit(mainErr())
@@ -256,6 +262,7 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 		{"idle", runIdle},
 		{"takeover", runTakeover},
 		{"scale", runScale},
+		{"requests", runRequests},
 	}
 	var firstErr error
 	for _, s := range steps {

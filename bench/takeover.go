@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -116,6 +117,10 @@ type takeoverResult struct {
 	ops              map[string]float64
 	uploadSetup      time.Duration
 	completed        bool
+	// CPU from the kill to the end of the poll: MinIO's and the
+	// survivors' together (-1: not measured, in-process sidecars).
+	minioCPU, survivorCPU time.Duration
+	requests              float64
 }
 
 // runTakeoverCase kills a node holding n entries and times their restore
@@ -188,6 +193,7 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 		}
 	}
 	e.log("takeover: victim holds %d entries in the store (%s); killing it", n, secs(res.uploadSetup))
+	cpu0 := takeoverCPU(e, scs)
 	victim.kill()
 	killed := time.Now()
 	leaseKey := fence.NewLayout("mmsidecar").LeaseKey("victim")
@@ -224,6 +230,14 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	cpu1 := takeoverCPU(e, scs)
+	res.minioCPU, res.survivorCPU = cpu1.minio-cpu0.minio, cpu1.survivors-cpu0.survivors
+	if cpu0.minio < 0 || cpu1.minio < 0 {
+		res.minioCPU = -1
+	}
+	if cpu0.survivors < 0 || cpu1.survivors < 0 {
+		res.survivorCPU = -1
+	}
 	if !res.completed {
 		if err := res.check(roots); err != nil {
 			return res, err
@@ -245,8 +259,47 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 			ops[op] += v
 		}
 	}
-	res.ops, res.requestsPerEntry = ops, total/float64(max(res.restored, 1))
+	res.ops, res.requests, res.requestsPerEntry = ops, total, total/float64(max(res.restored, 1))
 	return res, nil
+}
+
+// cpuSample is the CPU time MinIO and the survivors have used so far; -1
+// where it cannot be read.
+type cpuSample struct{ minio, survivors time.Duration }
+
+// takeoverCPU samples MinIO's and the survivors' CPU time: what bounds a
+// restore on a machine they share.
+func takeoverCPU(e *env, scs []sidecar) cpuSample {
+	s := cpuSample{minio: -1, survivors: -1}
+	if pid := e.minio.PID(); pid > 0 {
+		if ps, err := readProc(pid); err == nil {
+			s.minio = ps.CPU
+		}
+	}
+	var sum time.Duration
+	for _, sc := range scs {
+		ps, err := procOf(sc)
+		if err != nil {
+			return s
+		}
+		sum += ps.CPU
+	}
+	s.survivors = sum
+	return s
+}
+
+// cpuRow describes where the CPU of a takeover went, and the shortest
+// restore MinIO's share alone allows on this machine's cores.
+func (r takeoverResult) cpuRow() string {
+	if r.minioCPU < 0 {
+		return "not measured (in-process survivors)"
+	}
+	out := fmt.Sprintf("MinIO %s (%.2f ms per request)", secs(r.minioCPU), r.minioCPU.Seconds()*1000/max(r.requests, 1))
+	if r.survivorCPU >= 0 {
+		out += fmt.Sprintf(", survivors %s", secs(r.survivorCPU))
+	}
+	floor := r.minioCPU / time.Duration(runtime.NumCPU())
+	return out + fmt.Sprintf("; MinIO's work alone on %d cores: ≥ %s of restore", runtime.NumCPU(), secs(floor))
 }
 
 // runTakeover runs every count with every number of survivors.
@@ -258,8 +311,8 @@ func runTakeover(ctx context.Context, e *env, c config, t *table) error {
 			if err != nil {
 				return err
 			}
-			e.log("takeover: %d entries, %d survivors: detect %s, all restored %s (%d restored, %d on two nodes, split %v), %.2f requests per entry (%s)",
-				n, k, secs(r.detect), secs(r.total), r.restored, r.dups, r.perSurvivor, r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))))
+			e.log("takeover: %d entries, %d survivors: detect %s, all restored %s (%d restored, %d on two nodes, split %v), %.2f requests per entry (%s); CPU %s",
+				n, k, secs(r.detect), secs(r.total), r.restored, r.dups, r.perSurvivor, r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))), r.cpuRow())
 			bound := r.ttl + r.grace + 20*time.Second
 			restore := time.Duration(-1)
 			if r.total >= 0 && r.detect >= 0 {
@@ -281,6 +334,7 @@ func runTakeover(ctx context.Context, e *env, c config, t *table) error {
 			t.add(row)
 			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "store requests per restored entry (survivors)",
 				fmt.Sprintf("%.2f (%s)", r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))))))
+			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "CPU, kill → all restored", r.cpuRow()))
 		}
 	}
 	return nil

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mmsidecar/mmsidecar/store"
+	"github.com/mmsidecar/mmsidecar/store/s3store"
+)
+
+// requestConcurrency is the takeover's default restore concurrency: the
+// request kinds below are measured as a restore sends them.
+const requestConcurrency = 16
+
+// requestKind is one kind of store request the sidecar sends, measured
+// alone: n of them, and MinIO's CPU time while they ran.
+type requestKind struct {
+	name string
+	// perEntry is how many of this kind a restored entry costs (a key
+	// listed or deleted in a batch counts as one).
+	perEntry float64
+	run      func(ctx context.Context, s *s3store.Store, prefix string, n int) error
+}
+
+// requestKinds are the requests a takeover makes per restored entry, in
+// the order that leaves each one's objects for the next: mirror PUTs
+// first (the copies the GETs, the listing and the deletes use).
+var requestKinds = []requestKind{
+	{"PUT 4 KiB, unconditional (a mirror copy)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+		body := bytes.Repeat([]byte("m"), 4<<10)
+		return forN(ctx, n, func(i int) error {
+			_, err := s.Put(ctx, p+"m/"+strconv.Itoa(i), bytes.NewReader(body), int64(len(body)), store.Condition{})
+			return err
+		})
+	}},
+	{"PUT 250 B, If-None-Match (a claim)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+		body := bytes.Repeat([]byte("c"), 250)
+		return forN(ctx, n, func(i int) error {
+			_, err := s.Put(ctx, p+"c/"+strconv.Itoa(i), bytes.NewReader(body), int64(len(body)), store.Condition{IfAbsent: true})
+			return err
+		})
+	}},
+	{"GET 4 KiB (a copy to restore)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+		return forN(ctx, n, func(i int) error {
+			_, _, err := store.GetBytes(ctx, s, p+"m/"+strconv.Itoa(i))
+			return err
+		})
+	}},
+	{"LIST, per key listed", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+		k := 0
+		err := s.List(ctx, p+"m/", func(store.Info) error { k++; return nil })
+		if err == nil && k != n {
+			err = fmt.Errorf("listed %d keys, want %d", k, n)
+		}
+		return err
+	}},
+	{"DELETE in batches of 500, per key", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = p + "m/" + strconv.Itoa(i)
+		}
+		for i := 0; i < n; i += 500 {
+			if err := s.DeleteMany(ctx, keys[i:min(i+500, n)]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}},
+}
+
+// forN runs f(0..n-1), requestConcurrency at a time, and returns the
+// first error.
+func forN(ctx context.Context, n int, f func(int) error) error {
+	sem := make(chan struct{}, requestConcurrency)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// requestCost is one kind's figures.
+type requestCost struct {
+	cpu  time.Duration // MinIO CPU per request
+	rate float64       // requests per second
+}
+
+// measureRequests runs every kind n times against a fresh bucket (the
+// sidecar's own store client, straight to MinIO) and reads MinIO's CPU
+// time around each.
+func measureRequests(ctx context.Context, e *env, n int) ([]requestCost, error) {
+	pid := e.minio.PID()
+	if pid <= 0 {
+		return nil, fmt.Errorf("MinIO's process is not known")
+	}
+	_, s, err := e.newBucket(ctx, "requests")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]requestCost, len(requestKinds))
+	for i, k := range requestKinds {
+		p0, err := readProc(pid)
+		if err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		if err := k.run(ctx, s, "r/", n); err != nil {
+			return nil, fmt.Errorf("%s: %w", k.name, err)
+		}
+		took := time.Since(t0)
+		p1, err := readProc(pid)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = requestCost{cpu: (p1.CPU - p0.CPU) / time.Duration(n), rate: float64(n) / took.Seconds()}
+	}
+	return out, nil
+}
+
+// runRequests measures MinIO's CPU per request kind: what a takeover's
+// restore costs the store per entry, and so the shortest restore this
+// machine allows.
+func runRequests(ctx context.Context, e *env, c config, t *table) error {
+	costs, err := measureRequests(ctx, e, c.requestCount)
+	if err != nil {
+		return err
+	}
+	var perEntry time.Duration
+	for i, k := range requestKinds {
+		r := costs[i]
+		e.log("requests: %s: MinIO %s CPU per request, %.0f/s at concurrency %d", k.name, ms(r.cpu), r.rate, requestConcurrency)
+		t.add(row2("6 requests", k.name, fmt.Sprintf("MinIO %s CPU per request (%.0f/s at concurrency %d)", ms(r.cpu), r.rate, requestConcurrency)))
+		perEntry += time.Duration(k.perEntry * float64(r.cpu))
+	}
+	floor := perEntry * 10000 / time.Duration(runtime.NumCPU())
+	t.add(row2("6 requests", "MinIO CPU per restored entry (claim + GET + mirror PUT + listed + deleted)",
+		fmt.Sprintf("%s: 10,000 entries take ≥ %s of MinIO's work alone on %d cores", ms(perEntry), secs(floor), runtime.NumCPU())))
+	return nil
+}
