@@ -31,6 +31,7 @@ func TestChaos(t *testing.T) {
 		{"6a-stop-sidecar-past-ttl", func(t *testing.T, m *storetest.MinIO) { testStopPastTTL(t, m, false) }},
 		{"6b-stop-node-past-ttl", func(t *testing.T, m *storetest.MinIO) { testStopPastTTL(t, m, true) }},
 		{"7-partition-node", testPartition},
+		{"takeover-drain", testDrainDuringTakeover},
 		{"takeover-1000", func(t *testing.T, m *storetest.MinIO) { testTakeoverTime(t, m, 1000) }},
 		{"takeover-10000", func(t *testing.T, m *storetest.MinIO) {
 			if os.Getenv(envLong) != "1" {

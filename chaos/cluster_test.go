@@ -52,6 +52,8 @@ type clusterOptions struct {
 	// Lease is the sidecars' lease timing; zero: leaseTTL, leaseGrace,
 	// leaseMargin.
 	Lease leaseTiming
+	// Env is added to every sidecar's environment (K=V).
+	Env []string
 }
 
 // leaseTiming is MMSIDECAR_LEASE_TTL, _GRACE and _MARGIN.
@@ -242,6 +244,7 @@ func (n *node) env() []string {
 		"MMSIDECAR_LOG_LEVEL=info",
 		"MMSIDECAR_LOG_FORMAT=json",
 	)
+	env = append(env, n.c.opt.Env...)
 	// Extra settings for experiments, e.g. MMSIDECAR_UPLOAD_CONCURRENCY=32.
 	if extra := os.Getenv("MMSIDECAR_CHAOS_SIDECAR_ENV"); extra != "" {
 		env = append(env, strings.Split(extra, ",")...)

@@ -91,7 +91,13 @@ func (n *Node) claimsPass(ctx context.Context, light bool) error {
 			firstErr = cmpErr(firstErr, err)
 		}
 	}
+	kind := "full"
+	if light {
+		kind = "light"
+	}
+	n.m.claimsPasses.WithLabelValues(kind).Inc()
 	if unread > 0 {
+		n.m.claimsLater.Add(float64(unread))
 		n.log.Debug("light claims pass during a takeover", "claims", len(infos), "unread", unread, "epoch", epoch)
 	}
 	if err := del.flush(octx); err != nil {

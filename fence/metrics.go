@@ -22,6 +22,8 @@ type Metrics struct {
 	epoch        prometheus.Gauge
 	peers        *prometheus.GaugeVec
 	peerReads    *prometheus.CounterVec
+	claimsPasses *prometheus.CounterVec
+	claimsLater  prometheus.Counter
 }
 
 // NewMetrics creates the coordinator's metrics and registers them with reg
@@ -84,11 +86,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mmsidecar_peer_lease_reads_total",
 			Help: "Changed peer lease bodies learnt, by how: read (a GET) or predicted (recognised as a plain renewal by its ETag).",
 		}, []string{"how"}),
+		claimsPasses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_claims_passes_total",
+			Help: "Claims passes run, by kind: full, or light (during a takeover with entries left: reads no claim it does not know).",
+		}, []string{"kind"}),
+		claimsLater: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_claims_deferred_total",
+			Help: "Listed claims a light claims pass left unread for the first pass after the takeover.",
+		}),
+	}
+	for _, k := range []string{"full", "light"} {
+		m.claimsPasses.WithLabelValues(k)
 	}
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.lateCopies, m.takeoverSecs,
-			m.state, m.epoch, m.peers, m.peerReads)
+			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsLater)
 	}
 	return m
 }
