@@ -81,6 +81,10 @@ func TestQuickRun(t *testing.T) {
 		{"request cost measured", "6 requests", "MinIO CPU per restored entry", func(r row) bool {
 			return strings.Contains(r.Sidecar, " ms: 10,000 entries take ≥ ")
 		}},
+		{"file costs measured", "6 requests", "CPU to create a file", func(r row) bool {
+			c, o, ok := strings.Cut(r.Sidecar, " / ")
+			return ok && strings.HasSuffix(c, " ms") && strings.HasSuffix(o, " ms")
+		}},
 		{"initial sync done", "5 scale", "initial sync", func(r row) bool { return strings.HasSuffix(r.Sidecar, "entries/s)") }},
 		{"restart reconciled", "5 scale", "start-up reconcile", func(r row) bool { return strings.HasSuffix(strings.Fields(r.Sidecar)[1], "s") }},
 		{"graceful restart restored", "5 scale", "restart after graceful stop", func(r row) bool { return strings.Contains(r.Sidecar, "start → ready") }},

@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
@@ -157,5 +160,67 @@ func runRequests(ctx context.Context, e *env, c config, t *table) error {
 	floor := perEntry * 10000 / time.Duration(runtime.NumCPU())
 	t.add(row2("6 requests", "MinIO CPU per restored entry (claim + GET + mirror PUT + listed + deleted)",
 		fmt.Sprintf("%s: 10,000 entries take ≥ %s of MinIO's work alone on %d cores", ms(perEntry), secs(floor), runtime.NumCPU())))
+	create, open, err := fileCosts(e, c.requestCount)
+	if err != nil {
+		return err
+	}
+	e.log("requests: this disk: creating a file costs %s of CPU, opening an existing one %s", ms(create), ms(open))
+	t.add(row2("6 requests", "CPU to create a file / open an existing one, on this disk (each new object costs MinIO a create)",
+		fmt.Sprintf("%s / %s", ms(create), ms(open))))
 	return nil
+}
+
+// fileCosts measures this process's CPU time per file created (open with
+// O_CREAT|O_EXCL, close) and per existing file opened, n of each, in the
+// scratch directory: the file system MinIO writes to. Every new object
+// costs MinIO a created file (and directories), so where creating a file
+// is dear, so is every PUT.
+func fileCosts(e *env, n int) (create, open time.Duration, err error) {
+	dir, err := e.workDir("files")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.RemoveAll(dir)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	each := func(f func(path string) error) (time.Duration, error) {
+		c0, err := threadCPU()
+		if err != nil {
+			return 0, err
+		}
+		for i := range n {
+			if err := f(filepath.Join(dir, strconv.Itoa(i))); err != nil {
+				return 0, err
+			}
+		}
+		c1, err := threadCPU()
+		return (c1 - c0) / time.Duration(n), err
+	}
+	create, err = each(func(p string) error {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		return f.Close()
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	open, err = each(func(p string) error {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		return f.Close()
+	})
+	return create, open, err
+}
+
+// threadCPU is the calling OS thread's CPU time (user + system).
+func threadCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_THREAD, &ru); err != nil {
+		return 0, err
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
