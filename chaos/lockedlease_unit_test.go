@@ -88,3 +88,55 @@ func writeLog(t *testing.T, dir, id string, recs []logRecord) string {
 	}
 	return path
 }
+
+// TestLockedSurvivors: in c1, a survivor whose lease key the server kill
+// left locked, and which a peer declared dead when the key unlocked, is
+// accepted (its claims may run again); the scenario's own victim's
+// declaration and claims are left to the scenario's rules.
+func TestLockedSurvivors(t *testing.T) {
+	kill := time.Date(2026, 12, 6, 20, 21, 34, 0, time.UTC)
+	at := func(d time.Duration) time.Time { return kill.Add(d) }
+	dir := t.TempDir()
+	b := []logRecord{
+		{Time: at(3 * time.Second), Msg: "declared peer dead", Peer: "c"},
+		{Time: at(4 * time.Second), Msg: "claimed", Entry: "in/1796588495.3+aa.pck", From: "c"},
+		{Time: at(80 * time.Second), Msg: "declared peer dead", Peer: "a"},
+		{Time: at(81 * time.Second), Msg: "claimed", Entry: "in/1796588493.9+bb.pck", From: "a"},
+	}
+	a := []logRecord{
+		{Time: at(-7 * time.Second), Msg: "lease acquired"},
+		{Time: at(10 * time.Second), Msg: "fenced: lease not re-acquired", Err: "read lease: no answer within 10s"},
+		{Time: at(70 * time.Second), Msg: "fenced: lease not re-acquired", Err: "read lease: no answer within 10s"},
+		{Time: at(82 * time.Second), Msg: "lease acquired", TakenOver: true},
+	}
+	na := &node{id: "a", sidecarLog: writeLog(t, dir, "a", a)}
+	nb := &node{id: "b", sidecarLog: writeLog(t, dir, "b", b)}
+	nc := &node{id: "c", sidecarLog: writeLog(t, dir, "c", nil)}
+	s := &scenario{t: t, name: "c1-unit", c: &cluster{t: t, nodes: []*node{na, nb, nc}}, inFlight: map[hopID]bool{}}
+	// Its report lines stay out of the chaos report (no test here runs in
+	// parallel).
+	saved := report
+	report = &reportBook{}
+	defer func() { report = saved }()
+
+	t.Run("claims from the scenario's victim are skipped", func(t *testing.T) {
+		victims, _, _ := outageDeaths([]*node{na, nb}, kill, kill)
+		if len(victims) != 1 || victims[0].node != "a" || victims[0].by != "b" {
+			t.Fatalf("victims %+v, want a declared by b", victims)
+		}
+		claimed, odd := s.allowTakeoverReruns(victims, kill, "c")
+		if claimed != 1 || len(odd) != 0 {
+			t.Errorf("claimed %d, odd %v; want the one claim from a", claimed, odd)
+		}
+		claimed, odd = s.allowTakeoverReruns(victims, kill)
+		if claimed != 1 || len(odd) != 1 {
+			t.Errorf("without c expected: claimed %d, odd %v; want c's claim odd", claimed, odd)
+		}
+	})
+	t.Run("the locked survivor is accepted", func(t *testing.T) {
+		note := s.lockedSurvivors(nc, []*node{na, nb}, kill)
+		if note != "a declared dead (locked lease)" {
+			t.Errorf("note %q", note)
+		}
+	})
+}

@@ -133,6 +133,9 @@ type scenario struct {
 	// deleteWait is how long the store may take to let the last copies
 	// go once everything is finished (default 15 s).
 	deleteWait time.Duration
+	// stuckWait is how long waitDone lets nothing move (default
+	// stuckAfter).
+	stuckWait time.Duration
 	// minQuarantine is the fewest entries a store outage must find
 	// queued and quarantine (default min(100, entries/20)).
 	minQuarantine int
@@ -276,7 +279,7 @@ func (s *scenario) killNode(n *node) {
 
 // waitDone waits until every injected message has reached the last hop
 // and the live nodes hold nothing (failing the test when nothing moves for
-// a minute), then until the store holds no copies any more (an error if
+// stuckWait), then until the store holds no copies any more (an error if
 // some stay: a finished entry's copy is a re-run waiting for the next
 // takeover of its node).
 func (s *scenario) waitDone(live []*node) {
@@ -284,7 +287,11 @@ func (s *scenario) waitDone(live []*node) {
 	ids := s.c.injectedIDs()
 	var lastSig string
 	lastMove := time.Now()
-	end := time.Now().Add(deadline)
+	stuck := stuckAfter
+	if s.stuckWait > 0 {
+		stuck = s.stuckWait
+	}
+	end := time.Now().Add(deadline + stuck - stuckAfter)
 	for {
 		led := s.c.ledger()
 		done := make(map[string]bool)
@@ -314,7 +321,7 @@ func (s *scenario) waitDone(live []*node) {
 		if sig != lastSig {
 			lastSig, lastMove = sig, time.Now()
 		}
-		if time.Since(lastMove) > stuckAfter || time.Now().After(end) {
+		if time.Since(lastMove) > stuck || time.Now().After(end) {
 			s.t.Fatalf("%s: processing did not finish: nothing moved for %v: %s", s.name, time.Since(lastMove).Round(time.Second), sig)
 		}
 		time.Sleep(250 * time.Millisecond)
