@@ -24,37 +24,35 @@ const requestConcurrency = 16
 // alone: n of them, and MinIO's CPU time while they ran.
 type requestKind struct {
 	name string
-	// perEntry is how many of this kind a restored entry costs (a key
-	// listed or deleted in a batch counts as one).
-	perEntry float64
-	run      func(ctx context.Context, s *s3store.Store, prefix string, n int) error
+	run  func(ctx context.Context, s *s3store.Store, prefix string, n int) error
 }
 
-// requestKinds are the requests a takeover makes per restored entry, in
-// the order that leaves each one's objects for the next: mirror PUTs
-// first (the copies the GETs, the listing and the deletes use).
+// requestKinds are the requests a takeover makes per restored entry, one
+// of each (a key listed or deleted in a batch counts as one), in the
+// order that leaves each one's objects for the next: mirror PUTs first
+// (the copies the GETs, the listing and the deletes use).
 var requestKinds = []requestKind{
-	{"PUT 4 KiB, unconditional (a mirror copy)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+	{"PUT 4 KiB, unconditional (a mirror copy)", func(ctx context.Context, s *s3store.Store, p string, n int) error {
 		body := bytes.Repeat([]byte("m"), 4<<10)
 		return forN(ctx, n, func(i int) error {
 			_, err := s.Put(ctx, p+"m/"+strconv.Itoa(i), bytes.NewReader(body), int64(len(body)), store.Condition{})
 			return err
 		})
 	}},
-	{"PUT 250 B, If-None-Match (a claim)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+	{"PUT 250 B, If-None-Match (a claim)", func(ctx context.Context, s *s3store.Store, p string, n int) error {
 		body := bytes.Repeat([]byte("c"), 250)
 		return forN(ctx, n, func(i int) error {
 			_, err := s.Put(ctx, p+"c/"+strconv.Itoa(i), bytes.NewReader(body), int64(len(body)), store.Condition{IfAbsent: true})
 			return err
 		})
 	}},
-	{"GET 4 KiB (a copy to restore)", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+	{"GET 4 KiB (a copy to restore)", func(ctx context.Context, s *s3store.Store, p string, n int) error {
 		return forN(ctx, n, func(i int) error {
 			_, _, err := store.GetBytes(ctx, s, p+"m/"+strconv.Itoa(i))
 			return err
 		})
 	}},
-	{"LIST, per key listed", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+	{"LIST, per key listed", func(ctx context.Context, s *s3store.Store, p string, n int) error {
 		k := 0
 		err := s.List(ctx, p+"m/", func(store.Info) error { k++; return nil })
 		if err == nil && k != n {
@@ -62,7 +60,7 @@ var requestKinds = []requestKind{
 		}
 		return err
 	}},
-	{"DELETE in batches of 500, per key", 1, func(ctx context.Context, s *s3store.Store, p string, n int) error {
+	{"DELETE in batches of 500, per key", func(ctx context.Context, s *s3store.Store, p string, n int) error {
 		keys := make([]string, n)
 		for i := range keys {
 			keys[i] = p + "m/" + strconv.Itoa(i)
@@ -155,7 +153,7 @@ func runRequests(ctx context.Context, e *env, c config, t *table) error {
 		r := costs[i]
 		e.log("requests: %s: MinIO %s CPU per request, %.0f/s at concurrency %d", k.name, ms(r.cpu), r.rate, requestConcurrency)
 		t.add(row2("6 requests", k.name, fmt.Sprintf("MinIO %s CPU per request (%.0f/s at concurrency %d)", ms(r.cpu), r.rate, requestConcurrency)))
-		perEntry += time.Duration(k.perEntry * float64(r.cpu))
+		perEntry += r.cpu
 	}
 	floor := perEntry * 10000 / time.Duration(runtime.NumCPU())
 	t.add(row2("6 requests", "MinIO CPU per restored entry (claim + GET + mirror PUT + listed + deleted)",

@@ -117,10 +117,10 @@ type takeoverResult struct {
 	ops              map[string]float64
 	uploadSetup      time.Duration
 	completed        bool
-	// CPU from the kill to the end of the poll: MinIO's and the
-	// survivors' together (-1: not measured, in-process sidecars).
-	minioCPU, survivorCPU time.Duration
-	requests              float64
+	// cpu is what MinIO and the survivors used from the kill to the end
+	// of the poll.
+	cpu      cpuSample
+	requests float64
 }
 
 // runTakeoverCase kills a node holding n entries and times their restore
@@ -230,14 +230,7 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	cpu1 := takeoverCPU(e, scs)
-	res.minioCPU, res.survivorCPU = cpu1.minio-cpu0.minio, cpu1.survivors-cpu0.survivors
-	if cpu0.minio < 0 || cpu1.minio < 0 {
-		res.minioCPU = -1
-	}
-	if cpu0.survivors < 0 || cpu1.survivors < 0 {
-		res.survivorCPU = -1
-	}
+	res.cpu = takeoverCPU(e, scs).sub(cpu0)
 	if !res.completed {
 		if err := res.check(roots); err != nil {
 			return res, err
@@ -264,8 +257,19 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 }
 
 // cpuSample is the CPU time MinIO and the survivors have used so far; -1
-// where it cannot be read.
+// where it cannot be read (in-process survivors have no process).
 type cpuSample struct{ minio, survivors time.Duration }
+
+// sub is the CPU used between b and s; -1 where either is unknown.
+func (s cpuSample) sub(b cpuSample) cpuSample {
+	d := func(x, y time.Duration) time.Duration {
+		if x < 0 || y < 0 {
+			return -1
+		}
+		return x - y
+	}
+	return cpuSample{d(s.minio, b.minio), d(s.survivors, b.survivors)}
+}
 
 // takeoverCPU samples MinIO's and the survivors' CPU time: what bounds a
 // restore on a machine they share.
@@ -291,14 +295,14 @@ func takeoverCPU(e *env, scs []sidecar) cpuSample {
 // cpuRow describes where the CPU of a takeover went, and the shortest
 // restore MinIO's share alone allows on this machine's cores.
 func (r takeoverResult) cpuRow() string {
-	if r.minioCPU < 0 {
-		return "not measured (in-process survivors)"
+	if r.cpu.minio < 0 {
+		return "not measured (MinIO's process is not known)"
 	}
-	out := fmt.Sprintf("MinIO %s (%.2f ms per request)", secs(r.minioCPU), r.minioCPU.Seconds()*1000/max(r.requests, 1))
-	if r.survivorCPU >= 0 {
-		out += fmt.Sprintf(", survivors %s", secs(r.survivorCPU))
+	out := fmt.Sprintf("MinIO %s (%.2f ms per request)", secs(r.cpu.minio), r.cpu.minio.Seconds()*1000/max(r.requests, 1))
+	if r.cpu.survivors >= 0 {
+		out += fmt.Sprintf(", survivors %s", secs(r.cpu.survivors))
 	}
-	floor := r.minioCPU / time.Duration(runtime.NumCPU())
+	floor := r.cpu.minio / time.Duration(runtime.NumCPU())
 	return out + fmt.Sprintf("; MinIO's work alone on %d cores: ≥ %s of restore", runtime.NumCPU(), secs(floor))
 }
 

@@ -97,7 +97,7 @@ func (n *Node) claimsPass(ctx context.Context, light bool) error {
 	}
 	n.m.claimsPasses.WithLabelValues(kind).Inc()
 	if unread > 0 {
-		n.m.claimsLater.Add(float64(unread))
+		n.m.claimsDeferred.Add(float64(unread))
 		n.log.Debug("light claims pass during a takeover", "claims", len(infos), "unread", unread, "epoch", epoch)
 	}
 	if err := del.flush(octx); err != nil {

@@ -5,25 +5,25 @@ import "github.com/prometheus/client_golang/prometheus"
 // Metrics are the coordinator's Prometheus metrics. Create them with
 // NewMetrics and pass them in; nothing is registered globally.
 type Metrics struct {
-	renewals     *prometheus.CounterVec
-	renewSeconds prometheus.Histogram
-	fences       *prometheus.CounterVec
-	quarantined  prometheus.Counter
-	deadMarks    prometheus.Counter
-	deadMarkErrs *prometheus.CounterVec
-	takeovers    *prometheus.CounterVec
-	settled      *prometheus.CounterVec
-	handoffs     prometheus.Counter
-	claimsLost   prometheus.Counter
-	claimsGC     prometheus.Counter
-	lateCopies   prometheus.Counter
-	takeoverSecs prometheus.Histogram
-	state        *prometheus.GaugeVec
-	epoch        prometheus.Gauge
-	peers        *prometheus.GaugeVec
-	peerReads    *prometheus.CounterVec
-	claimsPasses *prometheus.CounterVec
-	claimsLater  prometheus.Counter
+	renewals       *prometheus.CounterVec
+	renewSeconds   prometheus.Histogram
+	fences         *prometheus.CounterVec
+	quarantined    prometheus.Counter
+	deadMarks      prometheus.Counter
+	deadMarkErrs   *prometheus.CounterVec
+	takeovers      *prometheus.CounterVec
+	settled        *prometheus.CounterVec
+	handoffs       prometheus.Counter
+	claimsLost     prometheus.Counter
+	claimsGC       prometheus.Counter
+	lateCopies     prometheus.Counter
+	takeoverSecs   prometheus.Histogram
+	state          *prometheus.GaugeVec
+	epoch          prometheus.Gauge
+	peers          *prometheus.GaugeVec
+	peerReads      *prometheus.CounterVec
+	claimsPasses   *prometheus.CounterVec
+	claimsDeferred prometheus.Counter
 }
 
 // NewMetrics creates the coordinator's metrics and registers them with reg
@@ -90,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mmsidecar_claims_passes_total",
 			Help: "Claims passes run, by kind: full, or light (during a takeover with entries left: reads no claim it does not know).",
 		}, []string{"kind"}),
-		claimsLater: prometheus.NewCounter(prometheus.CounterOpts{
+		claimsDeferred: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mmsidecar_claims_deferred_total",
 			Help: "Listed claims a light claims pass left unread for the first pass after the takeover.",
 		}),
@@ -101,7 +101,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.lateCopies, m.takeoverSecs,
-			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsLater)
+			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsDeferred)
 	}
 	return m
 }
