@@ -29,8 +29,8 @@ type lockedLease struct {
 // is explained (a lockedLease) when, from backAt until it came back so,
 // it logged refused re-acquires and no lease: the store refused its
 // writes after it was back. Every other takeover, and every declaration
-// of death that no node came back from, is described in odd. declared
-// counts the declarations logged. The store counts as back from the first
+// of one of nodes that it never came back from, is described in odd.
+// declared counts the declarations logged, of any node. The store counts as back from the first
 // lease any node acquired after faultAt, when that came before backAt:
 // the harness's backAt is when starting the servers returned, which can
 // be many seconds after the first of them restored write quorum.
@@ -94,6 +94,9 @@ func outageDeaths(nodes []*node, faultAt, backAt time.Time) (explained []lockedL
 		}
 	}
 	for node, ds := range decls {
+		if _, ok := logs[node]; !ok {
+			continue // not one of nodes: the caller judges it
+		}
 		came := false
 		for _, v := range explained {
 			came = came || v.node == node
