@@ -25,6 +25,8 @@ func (n *Node) StartDrain(ctx context.Context) {
 	}
 	n.mu.Unlock()
 	n.log.Info("draining")
+	// Mailman's runners start nothing new from here on.
+	_ = n.publishGate()
 	_ = n.Renew(ctx)
 }
 

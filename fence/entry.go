@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Kind says how an entry is kept: as a queued message (Mailman's .pck, or
@@ -120,6 +121,14 @@ func BaseTime(base string) float64 {
 	when, _, _ := strings.Cut(base, "+")
 	f, _ := strconv.ParseFloat(when, 64)
 	return f
+}
+
+// Born returns when the entry was enqueued: the time in its base, which
+// is Mailman's wall clock when it wrote the entry.
+func (e Entry) Born() time.Time {
+	t := BaseTime(e.Base)
+	sec := int64(t)
+	return time.Unix(sec, int64((t-float64(sec))*1e9))
 }
 
 func allDigits(s string) bool {

@@ -33,9 +33,14 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 		n.recorded, n.earlier = last, last
 		n.mu.Unlock()
 	}
+	// Closed until the lease is held, for what an earlier run may have
+	// uploaded: the publisher carries its cutoff over.
+	if err := n.publishGate(); err != nil {
+		return err
+	}
 	waiting := false
 	err := retry(ctx, n.clock, 2*time.Second, func() error {
-		err := n.acquire(ctx, freshDisk, true)
+		_, err := n.acquire(ctx, freshDisk, true)
 		if !errors.Is(err, errNotGoneYet) {
 			return err
 		}
@@ -53,24 +58,64 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 		return fmt.Errorf("acquire lease: %w", err)
 	}
 	n.mu.Lock()
-	quarantineAll := n.markedDead
+	// An earlier run that died while settling may have left older
+	// entries unsettled: settle again.
+	died := n.markedDead || n.cfg.Gate.WasSettling()
 	n.mu.Unlock()
-	if quarantineAll {
-		// The node was declared dead while it was down: peers may already
-		// be restoring its entries, so nothing of the old epochs may stay
-		// visible to the local runners until the store has said whose it is.
+	if err := n.afterDeath(ctx, died, true); err != nil {
+		return err
+	}
+	_ = n.publishGate()
+	return nil
+}
+
+// afterDeath runs when the node holds a new epoch: if it was declared dead
+// (died), peers may be restoring its entries, so nothing born before its
+// death may stay visible to the local runners until the store has said
+// whose it is. With the runner gate the gate keeps them closed, the
+// .pck and .psv files of that age are held and the .bak files (Mailman may
+// be running) are settled in place; without it, at start-up, every entry
+// is held (the start-order rule: Mailman is not running).
+func (n *Node) afterDeath(ctx context.Context, died, starting bool) error {
+	if !died {
+		return nil
+	}
+	n.gate.died()
+	if !n.cfg.RunnerGate {
+		if !starting {
+			return nil // the fence held what the store knew
+		}
 		moved, err := n.local.Quarantine(ctx, true)
 		n.m.quarantined.Add(float64(len(moved)))
 		if err != nil {
 			return fmt.Errorf("quarantine after takeover: %w", err)
 		}
+		return nil
+	}
+	moved, inFlight, err := n.local.HoldOlder(ctx)
+	n.m.quarantined.Add(float64(len(moved)))
+	if err != nil {
+		return fmt.Errorf("hold entries after takeover: %w", err)
+	}
+	n.mu.Lock()
+	n.inFlightOld = append(n.inFlightOld, inFlight...)
+	n.mu.Unlock()
+	if len(moved)+len(inFlight) > 0 {
+		n.log.Warn("declared dead: holding older entries until settled", "held", len(moved), "in_flight", len(inFlight))
 	}
 	return nil
 }
 
 // acquire writes the node's lease under a new epoch. starting says this is
-// a process start (as opposed to coming back from a fence).
-func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
+// a process start (as opposed to coming back from a fence). died says the
+// node's earlier epochs belong to a takeover (declared dead, lease gone,
+// or a fresh disk).
+func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) (died bool, err error) {
+	err = n.acquireLease(ctx, freshDisk, starting, &died)
+	return died, err
+}
+
+func (n *Node) acquireLease(ctx context.Context, freshDisk, starting bool, died *bool) error {
 	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
 	began := n.clock.Now()
 	data, info, getErr := store.GetBytes(ctx, n.st, key)
@@ -194,6 +239,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	n.mu.Unlock()
 	n.m.epoch.Set(float64(next.Epoch))
 	n.log.Info("lease acquired", "epoch", next.Epoch, "dead_epoch", next.DeadEpoch, "taken_over", markedDead)
+	*died = markedDead
 	return nil
 }
 
@@ -237,7 +283,8 @@ func (n *Node) Renew(ctx context.Context) error {
 	case state == StateFenced && busy:
 		return nil // the fence is still moving files, or we are stopping
 	case state == StateFenced:
-		if err := n.acquire(ctx, false, false); err != nil {
+		died, err := n.acquire(ctx, false, false)
+		if err != nil {
 			n.m.renewals.WithLabelValues("error").Inc()
 			if errors.Is(err, ErrDuplicateNode) {
 				n.log.Error("lease written by another process: two sidecars share this node id", "err", err)
@@ -246,6 +293,12 @@ func (n *Node) Renew(ctx context.Context) error {
 			}
 			return err
 		}
+		if err := n.afterDeath(ctx, died, false); err != nil {
+			// The held entries settle; what was not held stays behind
+			// the closed gate's settling rule until the next try.
+			n.log.Error("back from a fence: older entries not all held", "err", err)
+		}
+		_ = n.publishGate()
 		return nil
 	}
 	began := n.clock.Now()
@@ -279,6 +332,9 @@ func (n *Node) Renew(ctx context.Context) error {
 	key := n.cfg.Layout.LeaseKey(n.cfg.Node)
 	put, err := store.PutBytes(rctx, n.st, key, encode(next), store.Condition{IfMatch: etag})
 	if errors.Is(err, store.ErrPrecondition) && n.adoptCommitted(ctx, key) {
+		if state != StateFenced {
+			_ = n.publishGate() // the new deadline
+		}
 		return nil
 	}
 	switch {
@@ -286,12 +342,16 @@ func (n *Node) Renew(ctx context.Context) error {
 		n.mu.Lock()
 		n.lease, n.leaseETag = next, put.ETag
 		n.unresolved = false
-		if n.state != StateFenced {
+		fenced := n.state == StateFenced
+		if !fenced {
 			n.renewedAt = began
 		}
 		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("ok").Inc()
 		n.m.renewSeconds.Observe(n.clock.Now().Sub(began).Seconds())
+		if !fenced {
+			_ = n.publishGate() // the new deadline
+		}
 		return nil
 	case errors.Is(err, store.ErrPrecondition):
 		// Someone else wrote our lease: a peer declared us dead. Our
@@ -402,6 +462,14 @@ func (n *Node) fence(ctx context.Context, reason string) {
 	}
 	epoch := n.lease.Epoch
 	n.setStateLocked(StateFenced)
+	switch {
+	case n.stopped:
+		n.fenceReason = GateStopped
+	case reason == "lost":
+		n.fenceReason = GateLost
+	default:
+		n.fenceReason = GateFenced
+	}
 	// Whatever kept this node from renewing may have kept its peers from
 	// renewing too, for a while before it showed here: the silence they
 	// accrued until now is no evidence. It starts again from zero once
@@ -413,10 +481,17 @@ func (n *Node) fence(ctx context.Context, reason string) {
 	n.quarantining = true
 	n.liveCancel()
 	n.mu.Unlock()
-	// Wait for releases into the queue directories to finish or abort.
-	n.releaseMu.Lock()
-	moved, err := n.local.Quarantine(ctx, false)
-	n.releaseMu.Unlock()
+	// Closed first: uploads stopped above, so entries born from now on
+	// are unknown to every peer and stay runnable.
+	gateErr := n.publishGate()
+	var moved []Entry
+	var err error
+	if !n.cfg.RunnerGate || gateErr != nil {
+		// Wait for releases into the queue directories to finish or abort.
+		n.releaseMu.Lock()
+		moved, err = n.local.Quarantine(ctx, false)
+		n.releaseMu.Unlock()
+	}
 	n.mu.Lock()
 	n.quarantining = false
 	n.mu.Unlock()

@@ -13,6 +13,11 @@ type Gate struct {
 	// Draining says every Mailman-visible .pck is to be held for handoff
 	// instead of left to the local runners.
 	Draining bool
+	// Guarded says Mailman's runners honour the runner gate (docs/gate.md):
+	// while the node is fenced, entries stay in their queue directories,
+	// where the closed gate keeps the runners from them, instead of being
+	// held.
+	Guarded bool
 	// OwnFrom is the lowest epoch of this node's namespace that is still
 	// its own: copies at lower epochs belong to a takeover by peers and are
 	// left alone by the node's reconcile.
@@ -71,6 +76,17 @@ type Local interface {
 	// nothing can be in flight. Call it only with the gate closed, so
 	// that no upload starts behind it.
 	Quarantine(ctx context.Context, all bool) ([]Entry, error)
+	// HoldOlder moves the .pck and .psv files that the runner gate's
+	// settling rule keeps from the runners (born no later than the cutoff
+	// of the node's last death, GatePublisher.MarkDeath) into the hold
+	// area, never a .bak, and returns the entries moved and the .bak
+	// entries of that age (in flight, left where they are). With the
+	// runner gate guarding the runners, this replaces Quarantine(all) for
+	// a node that was declared dead: Mailman may be running.
+	HoldOlder(ctx context.Context) (held, inFlight []Entry, err error)
+	// Hold moves e's Mailman-visible .pck into the hold area; false when
+	// e is not there as a .pck.
+	Hold(e Entry) (bool, error)
 	// Held lists the entries in the hold area.
 	Held() []Entry
 	// Stage writes data for e into the hold area durably (temp file,

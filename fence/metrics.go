@@ -24,6 +24,11 @@ type Metrics struct {
 	peerReads      *prometheus.CounterVec
 	claimsPasses   *prometheus.CounterVec
 	claimsDeferred prometheus.Counter
+	// The runner gate (docs/gate.md).
+	gateOpen        prometheus.Gauge
+	gateDenied      prometheus.Gauge
+	gatePublishErrs prometheus.Counter
+	gatePublished   *prometheus.CounterVec
 }
 
 // NewMetrics creates the coordinator's metrics and registers them with reg
@@ -94,6 +99,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "mmsidecar_claims_deferred_total",
 			Help: "Listed claims a light claims pass left unread for the first pass after the takeover.",
 		}),
+		gateOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mmsidecar_gate_open", Help: "1 while the published runner gate admits every entry, 0 while it is closed.",
+		}),
+		gateDenied: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mmsidecar_gate_denied_entries", Help: "Entries the runner gate denies to Mailman's runners (taken over by a peer while in flight here).",
+		}),
+		gatePublishErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mmsidecar_gate_publish_errors_total", Help: "Runner gate records that could not be written; uploads stop when the last published one runs out.",
+		}),
+		gatePublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_gate_published_total", Help: "Runner gate records written, by reason (live, starting, settling, fenced, lost, stopped, draining).",
+		}, []string{"reason"}),
 	}
 	for _, k := range []string{"full", "light"} {
 		m.claimsPasses.WithLabelValues(k)
@@ -101,7 +118,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.lateCopies, m.takeoverSecs,
-			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsDeferred)
+			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsDeferred,
+			m.gateOpen, m.gateDenied, m.gatePublishErrs, m.gatePublished)
 	}
 	return m
 }
@@ -114,4 +132,15 @@ func (m *Metrics) setState(state string) {
 		}
 		m.state.WithLabelValues(s).Set(v)
 	}
+}
+
+// setGate records a published runner gate.
+func (m *Metrics) setGate(g RunnerGate) {
+	open := 0.0
+	if g.Open() {
+		open = 1
+	}
+	m.gateOpen.Set(open)
+	m.gateDenied.Set(float64(len(g.Deny)))
+	m.gatePublished.WithLabelValues(g.Reason).Inc()
 }

@@ -39,6 +39,15 @@ type Config struct {
 	// lost the lease. Nil keeps none: a node whose lease is gone then
 	// starts again at epoch 1.
 	Epochs EpochRecord
+	// Gate publishes the runner gate for Mailman's runners (docs/gate.md).
+	// Nil publishes nothing (tests that do not look at it).
+	Gate GatePublisher
+	// RunnerGate says Mailman's runners honour the runner gate: it is the
+	// fence. A fence or a stop then closes the gate and leaves entries in
+	// their queue directories, and a node declared dead never touches a
+	// .bak. Off, the gate is still published, and fences also move
+	// entries out of the runners' reach as without it.
+	RunnerGate bool
 }
 
 // EpochRecord is the node's durable record of the highest epoch it has
@@ -143,6 +152,12 @@ type Node struct {
 	restored     map[Entry]uint64 // entries a takeover restored, by epoch
 	settleDone   bool
 	unsettled    bool // held entries of an earlier epoch failed to settle
+	// fenceReason is the runner gate's reason while fenced or stopped.
+	fenceReason string
+	// inFlightOld are .bak entries born before the node's last death,
+	// to settle in place (RunnerGate): reclaimed, or denied to runners.
+	inFlightOld []Entry
+	gate        *gateKeeper
 }
 
 type cachedClaim struct {
@@ -170,6 +185,9 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.Gate == nil {
+		cfg.Gate = nopPublisher{}
+	}
 	n := &Node{
 		cfg: cfg, st: st, local: local, clock: clock, rnd: &syncRand{r: rnd}, m: m,
 		log:         log.With("node", cfg.Node),
@@ -180,6 +198,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		claimsMaybe: true,
 		written:     make(map[string]bool),
 		restored:    make(map[Entry]uint64),
+		gate:        newGateKeeper(cfg.Gate, m),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()
@@ -187,14 +206,21 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 	return n, nil
 }
 
-// Gate tells the mirror whether and where it may write.
+// Gate tells the mirror whether and where it may write: only while the
+// node owns its epoch, its lease is not overdue, and a runner gate that
+// covers the upload is published (an entry born later than the published
+// cutoff must stay unknown to every peer).
 func (n *Node) Gate() Gate {
+	until := n.gate.uploadUntil()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	now := n.clock.Now()
 	return Gate{
-		Epoch:    n.lease.Epoch,
-		Writable: n.state == StateLive || n.state == StateSettling || n.state == StateDraining,
+		Epoch: n.lease.Epoch,
+		Writable: (n.state == StateLive || n.state == StateSettling || n.state == StateDraining) &&
+			!n.overdueLocked() && now.Before(until),
 		Draining: n.drain,
+		Guarded:  n.cfg.RunnerGate,
 		OwnFrom:  n.lease.DeadEpoch + 1,
 		Done:     n.liveCtx.Done(),
 	}
@@ -274,6 +300,7 @@ func (n *Node) ScanStep(ctx context.Context) {
 	}
 	_ = n.DrainStep(ctx)
 	n.Resettle(ctx)
+	n.tendDeny(ctx)
 }
 
 // TakeoverPending says whether the last takeover round stopped with

@@ -146,10 +146,14 @@ type cluster struct {
 	// records are the nodes' epoch records: they live on the node's disk
 	// and go with it.
 	records map[string]*memRecord
+	// runnerGate starts nodes with fence.Config.RunnerGate; gates are
+	// their gate records, which live on the node's disk too.
+	runnerGate bool
+	gates      map[string]*fencetest.Gate
 }
 
 func newCluster(t *testing.T, ids ...string) *cluster {
-	c := &cluster{t: t, clock: fencetest.NewClock(), shared: memstore.New(), layout: fence.NewLayout("mm"), nodes: map[string]*tnode{}, records: map[string]*memRecord{}}
+	c := &cluster{t: t, clock: fencetest.NewClock(), shared: memstore.New(), layout: fence.NewLayout("mm"), nodes: map[string]*tnode{}, records: map[string]*memRecord{}, gates: map[string]*fencetest.Gate{}}
 	for _, id := range ids {
 		c.start(id, nil, false)
 		c.order = append(c.order, id)
@@ -174,8 +178,11 @@ func (c *cluster) start(id string, local *fencetest.Local, fresh bool) *tnode {
 	tn.local = local
 	if c.records[id] == nil || fresh {
 		c.records[id] = &memRecord{}
+		c.gates[id] = fencetest.NewGate(c.clock.Now)
 	}
-	n, err := fence.New(fence.Config{Node: id, Layout: c.layout, TTL: ttl, Grace: grace, Margin: margin, MaxTransfers: 3, Epochs: c.records[id]},
+	local.SetHoldSince(c.gates[id].Since)
+	n, err := fence.New(fence.Config{Node: id, Layout: c.layout, TTL: ttl, Grace: grace, Margin: margin, MaxTransfers: 3, Epochs: c.records[id],
+		Gate: c.gates[id], RunnerGate: c.runnerGate},
 		st, local, c.clock, rand.New(rand.NewPCG(uint64(len(c.nodes)), 7)), nil, nil)
 	if err != nil {
 		c.t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -160,9 +161,13 @@ func (n *Node) settle(ctx context.Context) error {
 	if octx.Err() != nil {
 		return fmt.Errorf("settle: %w", octx.Err())
 	}
+	// In flight before the death (RunnerGate): settled where they are.
+	if err := n.settleInFlight(octx, epoch); err != nil {
+		return err
+	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.state == StateSettling && n.lease.Epoch == epoch {
+	finished := n.state == StateSettling && n.lease.Epoch == epoch
+	if finished {
 		n.unsettled = failed.Load()
 		n.settleDone = true
 		n.setStateLocked(StateLive)
@@ -170,61 +175,149 @@ func (n *Node) settle(ctx context.Context) error {
 			n.setStateLocked(StateDraining)
 		}
 	}
+	n.mu.Unlock()
+	if finished {
+		// Nothing born before the death is visible unsettled any more:
+		// the runner gate opens.
+		n.gate.settled()
+		_ = n.publishGate()
+	}
 	return nil
 }
 
-func (n *Node) settleOne(ctx context.Context, e Entry, epoch uint64) error {
+// settleInFlight settles the .bak entries that were in flight when the
+// node was declared dead, without touching the files (a runner may hold
+// them): still this node's, each is claimed under the new epoch, so that
+// no peer's takeover restores it too; taken over by a peer, it goes on
+// the runner gate's deny list, so that no runner here starts it again.
+func (n *Node) settleInFlight(ctx context.Context, epoch uint64) error {
+	n.mu.Lock()
+	todo := n.inFlightOld
+	n.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	old, err := n.deadCopies(ctx, todo)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	var denied, left []Entry
+	_ = forEach(ctx, n.cfg.Concurrency, todo, func(e Entry) error {
+		// The claim decides, whether a copy is left or not: a peer that
+		// restored the entry deleted the copy it came from.
+		n.mu.Lock()
+		from := n.lease.DeadEpoch
+		n.mu.Unlock()
+		if len(old[e]) > 0 {
+			src, _ := n.cfg.Layout.ParseMirrorKey(old[e][len(old[e])-1])
+			from = src.Epoch
+		}
+		var owner string
+		err := retry(ctx, n.clock, 2*time.Second, func() (err error) {
+			owner, _, err = n.reclaim(ctx, e, epoch, from)
+			return err
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err != nil:
+			left = append(left, e)
+			n.log.Error("settle: entry in flight not settled", "entry", e.String(), "epoch", epoch, "err", err)
+		case owner != n.cfg.Node:
+			denied = append(denied, e)
+			n.m.settled.WithLabelValues("denied").Inc()
+			n.log.Warn("settle: entry in flight here was taken over: denied to the runners", "entry", e.String(), "epoch", epoch, "owner", owner)
+		default:
+			n.m.settled.WithLabelValues("reclaimed").Inc()
+		}
+		return nil
+	})
+	if ctx.Err() != nil {
+		return fmt.Errorf("settle: %w", ctx.Err())
+	}
+	n.gate.setDeny(append(n.gate.denied(), denied...))
+	n.mu.Lock()
+	n.inFlightOld = left
+	n.mu.Unlock()
+	if len(left) > 0 {
+		return fmt.Errorf("settle: %d entries in flight not settled", len(left))
+	}
+	return nil
+}
+
+// reclaim makes the entry e, which this node held before its last death,
+// its own under epoch unless a peer took it over: it returns the owner
+// and the claim. fromEpoch is the epoch of the node's copy a claim
+// created here points at.
+func (n *Node) reclaim(ctx context.Context, e Entry, epoch, fromEpoch uint64) (owner string, c Claim, err error) {
 	for attempt := 0; attempt < 3; attempt++ {
 		c, etag, found, err := n.readClaim(ctx, e)
 		if err != nil {
-			return err
+			return "", Claim{}, err
 		}
 		n.mu.Lock()
-		markedDead, prevEpoch, drain := n.markedDead, n.lease.DeadEpoch, n.drain
+		markedDead := n.markedDead
 		n.mu.Unlock()
 		var lost bool
 		switch {
 		case found && c.Owner != n.cfg.Node:
-			if err := n.local.Drop(e); err != nil {
-				return fmt.Errorf("drop: %w", err)
-			}
-			n.m.settled.WithLabelValues("dropped").Inc()
-			n.log.Info("settle: entry taken over, dropped", "entry", e.String(), "epoch", epoch, "owner", c.Owner, "token", c.Token)
-			return nil
+			return c.Owner, c, nil
 		case found && c.Epoch != epoch:
 			next := c
 			next.Epoch, next.Token = epoch, c.Token+1
 			lost, err = n.writeClaim(ctx, e, next, store.Condition{IfMatch: etag})
 			c = next
 		case !found && markedDead:
-			c = Claim{Owner: n.cfg.Node, Epoch: epoch, From: n.cfg.Node, FromEpoch: prevEpoch, Token: 1}
+			c = Claim{Owner: n.cfg.Node, Epoch: epoch, From: n.cfg.Node, FromEpoch: fromEpoch, Token: 1}
 			lost, err = n.writeClaim(ctx, e, c, store.Condition{IfAbsent: true})
 		}
 		if err != nil {
-			return err
+			return "", Claim{}, err
 		}
-		if lost {
-			continue
+		if !lost {
+			return n.cfg.Node, c, nil
 		}
-		if drain {
-			// A draining node keeps it held for handoff.
-			return nil
+	}
+	return "", Claim{}, fmt.Errorf("reclaim %s: claim contested", e)
+}
+
+func (n *Node) settleOne(ctx context.Context, e Entry, epoch uint64) error {
+	n.mu.Lock()
+	prevEpoch, markedDead := n.lease.DeadEpoch, n.markedDead
+	n.mu.Unlock()
+	owner, c, err := n.reclaim(ctx, e, epoch, prevEpoch)
+	if err != nil {
+		return err
+	}
+	if owner != n.cfg.Node {
+		if err := n.local.Drop(e); err != nil {
+			return fmt.Errorf("drop: %w", err)
 		}
-		if err := n.release(ctx, e); err != nil {
-			return err
-		}
-		if found || markedDead {
-			// Under a claim: a takeover of this node's own old epochs
-			// must not restore the entry a second time from its old copy.
-			n.mu.Lock()
-			n.restored[e] = epoch
-			n.mu.Unlock()
-		}
-		n.m.settled.WithLabelValues("restored").Inc()
-		n.log.Info("settle: entry restored", "entry", e.String(), "epoch", epoch, "token", c.Token)
+		n.m.settled.WithLabelValues("dropped").Inc()
+		n.log.Info("settle: entry taken over, dropped", "entry", e.String(), "epoch", epoch, "owner", c.Owner, "token", c.Token)
 		return nil
 	}
-	return fmt.Errorf("settle %s: claim contested", e)
+	n.mu.Lock()
+	drain := n.drain
+	n.mu.Unlock()
+	if drain {
+		// A draining node keeps it held for handoff.
+		return nil
+	}
+	if err := n.release(ctx, e); err != nil {
+		return err
+	}
+	if c.Token > 0 || markedDead {
+		// Under a claim: a takeover of this node's own old epochs
+		// must not restore the entry a second time from its old copy.
+		n.mu.Lock()
+		n.restored[e] = epoch
+		n.mu.Unlock()
+	}
+	n.m.settled.WithLabelValues("restored").Inc()
+	n.log.Info("settle: entry restored", "entry", e.String(), "epoch", epoch, "token", c.Token)
+	return nil
 }
 
 // Resettle settles entries left in the hold area while the node is live:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
 )
@@ -143,4 +144,94 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 		m.log.Warn("quarantined entries", "count", len(moved), "all", all)
 	}
 	return moved, errors.Join(errs...)
+}
+
+// Hold implements fence.Local: it moves e's Mailman-visible .pck into the
+// hold area; false when e is not there as a .pck (a runner has it as a
+// .bak, or it is gone).
+func (m *Mirror) Hold(e fence.Entry) (bool, error) {
+	if err := validEntry(e); err != nil {
+		return false, fmt.Errorf("hold: %w", err)
+	}
+	if e.Kind != fence.KindPck {
+		return false, nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.entryLocked(e)
+	ok, err := m.holdFileLocked(st, e.FileName())
+	if ok {
+		m.syncHoldLocked(e)
+	} else if st.where == locNone {
+		m.forgetLocked(st)
+	}
+	return ok, err
+}
+
+// HoldOlder implements fence.Local: the .pck and .psv files born no later
+// than the runner gate's settling rule's start go to the hold area; the
+// .bak files of that age are returned, untouched (a runner may hold them).
+func (m *Mirror) HoldOlder(ctx context.Context) (held, inFlight []fence.Entry, err error) {
+	before := time.Unix(1<<40, 0)
+	if m.cfg.Gate != nil {
+		if t, ok := m.cfg.Gate.HoldBefore(); ok {
+			before = t
+		}
+	}
+	var errs []error
+	touched := make(map[string]bool)
+	for _, q := range m.watchedQueues() {
+		names, err := m.fs.ReadDir(m.queueDir(q))
+		if err != nil {
+			if !isNotExist(err) {
+				errs = append(errs, fmt.Errorf("hold older: list %s: %w", q, err))
+			}
+			continue
+		}
+		for _, name := range names {
+			if err := ctx.Err(); err != nil {
+				return held, inFlight, fmt.Errorf("hold older: %w", err)
+			}
+			base, ext, ok := fence.ParseFileName(name)
+			if !ok {
+				continue
+			}
+			e := fence.Entry{Queue: q, Base: base, Kind: fence.KindOfExt(ext)}
+			if e.Born().After(before) {
+				continue
+			}
+			if ext == fence.ExtBak {
+				inFlight = append(inFlight, e)
+				continue
+			}
+			if fi, err := m.fs.Lstat(filepath.Join(m.queueDir(q), name)); err != nil || !fi.Regular() {
+				continue
+			}
+			m.mu.Lock()
+			st := m.entryLocked(e)
+			ok, err := m.holdFileLocked(st, name)
+			switch {
+			case err != nil:
+				errs = append(errs, fmt.Errorf("hold older: %w", err))
+			case ok:
+				held = append(held, e)
+				touched[q] = true
+			}
+			if st.where == locNone {
+				m.forgetLocked(st)
+			}
+			m.mu.Unlock()
+		}
+	}
+	for q := range touched {
+		for _, dir := range []string{filepath.Join(m.holdDir, q), m.queueDir(q)} {
+			if err := m.fs.SyncDir(dir); err != nil {
+				m.log.Warn("fsync directory", "queue", q, "dir", dir, "err", err)
+			}
+		}
+	}
+	if len(held)+len(inFlight) > 0 {
+		m.log.Warn("held entries older than the node's death", "held", len(held), "in_flight", len(inFlight))
+	}
+	return held, inFlight, errors.Join(errs...)
 }

@@ -228,6 +228,13 @@ func (m *Mirror) Release(ctx context.Context, e fence.Entry) error {
 	if _, err := m.Mirror(ctx, e); err != nil {
 		return fmt.Errorf("release: %w", err)
 	}
+	if m.cfg.Gate != nil {
+		// Born on a peer whose clock may be ahead: the runner gate's
+		// cutoff must cover it before it is visible.
+		if err := m.cfg.Gate.Cover(e.Born()); err != nil {
+			return fmt.Errorf("release %s: %w", e, err)
+		}
+	}
 	if err := m.releaseRename(ctx, e); err != nil {
 		return err
 	}

@@ -65,6 +65,10 @@ type Config struct {
 	Watcher Watcher
 	// Rand jitters retry delays; nil: seeded from the system.
 	Rand fence.Rand
+	// Gate is the runner gate's publisher: entries restored here raise
+	// its cutoff to their birth, and HoldOlder reads its settling rule.
+	// Nil: no gate (HoldOlder then holds every entry not in flight).
+	Gate *GateFile
 }
 
 // Mirror mirrors one node's queue directories into the store. Create it

@@ -150,7 +150,9 @@ func (m *Mirror) observeLocked(e fence.Entry, g fence.Gate, full bool) {
 		// While draining every .pck is held for handoff; while fenced,
 		// every .pck the store may know as this node's (Mailman's .bak
 		// recovery can bring one back) is held until the node settles.
-		fenced := !g.Writable && g.Epoch > 0 && st.mayBeStored()
+		// With the runner gate guarding the runners, the closed gate
+		// keeps them from such entries where they are.
+		fenced := !g.Writable && !g.Guarded && g.Epoch > 0 && st.mayBeStored()
 		if l == locPck && (g.Draining || fenced) || l == locPsv && g.Draining {
 			if _, err := m.holdLocked(st); err != nil {
 				m.log.Error("cannot hold entry while draining", "queue", e.Queue, "entry", e.FileName(), "err", err)

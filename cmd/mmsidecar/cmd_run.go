@@ -147,13 +147,25 @@ type daemon struct {
 	st      store.Store
 	mirror  *runner.Mirror
 	node    *fence.Node // nil in mirror mode
+	gate    *runner.GateFile
+	clock   fence.Clock // the coordinator's: CLOCK_BOOTTIME
+	runners *gateRunners
 	http    *httpServer
 	storeOK atomic.Int64 // unix nanos of the last successful store call (mirror mode)
 }
 
 func newDaemon(cfg *Config, st store.Store, reg prometheus.Registerer, log *slog.Logger) (*daemon, error) {
-	d := &daemon{cfg: cfg, log: log.With("node", cfg.NodeID), st: st}
+	d := &daemon{cfg: cfg, log: log.With("node", cfg.NodeID), st: st, clock: fence.BootClock{}}
 	layout := fence.NewLayout(cfg.S3Prefix)
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	g, err := runner.NewGateFile(runner.GateConfig{StateDir: cfg.StateDir, Node: cfg.NodeID, Clock: d.clock}, runner.OSFS{})
+	if err != nil {
+		return nil, err
+	}
+	d.gate = g
+	d.runners = newGateRunners(g.RunnersDir(), reg, log)
 	var gate func() fence.Gate
 	if cfg.Mode == ModeCluster {
 		gate = func() fence.Gate { return d.node.Gate() }
@@ -165,7 +177,7 @@ func newDaemon(cfg *Config, st store.Store, reg prometheus.Registerer, log *slog
 		Node: cfg.NodeID, QueueDir: cfg.QueueDir, Queues: queues, StateDir: cfg.StateDir,
 		UID: cfg.FileUID, GID: cfg.FileGID,
 		UploadConcurrency: cfg.UploadConcurrency, RescanInterval: cfg.RescanInterval,
-		DeleteBatchDelay: cfg.DeleteBatchDelay, Layout: layout,
+		DeleteBatchDelay: cfg.DeleteBatchDelay, Layout: layout, Gate: d.gate,
 	}, st, runner.OSFS{}, fence.SystemClock{}, gate, runner.NewMetrics(reg), log)
 	if err != nil {
 		return nil, fmt.Errorf("start mirror: %w", err)
@@ -176,7 +188,8 @@ func newDaemon(cfg *Config, st store.Store, reg prometheus.Registerer, log *slog
 			Node: cfg.NodeID, Layout: layout, TTL: cfg.LeaseTTL, Grace: cfg.LeaseGrace,
 			Margin: cfg.LeaseMargin, MaxTransfers: cfg.MaxTransfers, Concurrency: cfg.TakeoverConcurrency,
 			Epochs: runner.NewEpochFile(runner.OSFS{}, cfg.StateDir, cfg.NodeID),
-		}, st, m, fence.SystemClock{}, fence.NewSystemRand(), fence.NewMetrics(reg), log)
+			Gate:   d.gate, RunnerGate: cfg.RunnerGate,
+		}, st, m, d.clock, fence.NewSystemRand(), fence.NewMetrics(reg), log)
 		if err != nil {
 			return nil, &ConfigError{Var: "MMSIDECAR_LEASE_TTL", Value: cfg.LeaseTTL.String(), Reason: err.Error()}
 		}
@@ -222,8 +235,12 @@ func (d *daemon) run(drainCtx, abortCtx context.Context) error {
 	var g run.Group
 	g.Add(d.http.Actor())
 	g.Add(func() error { return d.mirror.Run(workCtx) }, func(error) { stopWork() })
+	g.Add(func() error { return d.runners.run(workCtx) }, func(error) { stopWork() })
 	g.Add(func() error {
 		if d.node == nil {
+			if err := publishMirrorGate(d.gate, d.clock); err != nil {
+				return err
+			}
 			if err := d.start(workCtx, fresh, nil); err != nil {
 				return err
 			}

@@ -61,6 +61,7 @@ type localStatus struct {
 	PendingDeletes int                   `json:"pending_deletes"`
 	Queues         map[string]localQueue `json:"queues"`
 	Peers          []localPeer           `json:"peers,omitempty"`
+	Gate           *gateStatus           `json:"gate,omitempty"`
 }
 
 type localQueue struct {
@@ -87,6 +88,7 @@ func (d *daemon) localStatus() localStatus {
 	for q, s := range st.Queues {
 		out.Queues[q] = localQueue{Pck: s.Pck, Bak: s.Bak, Psv: s.Psv, Held: s.Held, Unmirrored: s.Unmirrored, Oldest: s.Oldest, LastMirror: s.LastMirror}
 	}
+	out.Gate = d.gateStatus()
 	if d.node != nil {
 		out.State, out.Epoch = d.node.State()
 		for _, p := range d.node.Peers() {
@@ -203,5 +205,37 @@ func printStatus(w io.Writer, out statusOutput) {
 		for _, p := range l.Peers {
 			fmt.Fprintf(w, "peer %s: %s, epoch %d, silent %.1fs\n", p.Node, p.State, p.Epoch, p.SilenceSeconds)
 		}
+		if g := l.Gate; g != nil {
+			fmt.Fprintln(w, gateLine(g))
+		}
 	}
+}
+
+// gateLine describes the runner gate for humans.
+func gateLine(g *gateStatus) string {
+	state := "closed"
+	switch {
+	case g.Open:
+		state = fmt.Sprintf("open for %.1fs", g.DeadlineSeconds)
+	case g.Admit == "none" && g.DeadlineSeconds > 0:
+		state = "closed to every entry"
+	case g.Admit != "":
+		state = "closed, new entries only"
+	}
+	guard := "runners guarded by the gate"
+	if g.Mode != "on" {
+		guard = "MMSIDECAR_RUNNER_GATE off: fences also move entries"
+	}
+	runners := fmt.Sprintf("%d runners honour it", g.Runners)
+	if g.Runners < 0 {
+		runners = "runners not counted yet"
+	}
+	line := fmt.Sprintf("runner gate: %s (%s), %s; %s", state, g.Reason, runners, guard)
+	if g.Denied > 0 {
+		line += fmt.Sprintf("; %d entries denied", g.Denied)
+	}
+	if g.PublishFailed {
+		line += "; LAST PUBLISH FAILED"
+	}
+	return line
 }

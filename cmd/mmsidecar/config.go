@@ -129,6 +129,10 @@ type Config struct {
 	// AllowUnsafeStore runs even when the start-up probe finds the store
 	// unsafe.
 	AllowUnsafeStore bool `env:"MMSIDECAR_ALLOW_UNSAFE_STORE, default=false"`
+	// RunnerGate makes the runner gate the fence: Mailman's runners honour
+	// it through the plugin (docs/gate.md), so fences and stops close the
+	// gate and leave entries where they are.
+	RunnerGate bool `env:"MMSIDECAR_RUNNER_GATE, default=false"`
 
 	// ListenAddr is the HTTP listener (health, metrics, drain, status).
 	ListenAddr string `env:"MMSIDECAR_LISTEN_ADDR, default=127.0.0.1:9464"`

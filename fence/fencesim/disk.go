@@ -37,6 +37,10 @@ type disk struct {
 	since map[fence.Entry]time.Duration
 	// epoch: the node's epoch record in its state directory.
 	epoch uint64
+	// gate: the runner gate record in the state directory; floor: the
+	// latest birth of an entry restored here (the gate's cutoff floor).
+	gate  diskGate
+	floor time.Time
 }
 
 // Last implements fence.EpochRecord: the record lives on the disk.
@@ -70,6 +74,8 @@ func (d *disk) reset() {
 	d.gone = nil
 	d.since = make(map[fence.Entry]time.Duration)
 	d.epoch = 0
+	d.gate = diskGate{d: d}
+	d.floor = time.Time{}
 }
 
 func sortEntries(es []fence.Entry) {

@@ -35,6 +35,46 @@ func (v *localView) Quarantine(ctx context.Context, all bool) ([]fence.Entry, er
 	return v.d.quarantine(all, all), nil
 }
 
+// HoldOlder implements fence.Local: an entry is born at its base's time
+// on its node's clock, which the node's coordinator reads too.
+func (v *localView) HoldOlder(ctx context.Context) (held, inFlight []fence.Entry, err error) {
+	v.inc.enter(ctx)
+	d := v.d
+	since := d.gate.cur.Since
+	for e, f := range d.files {
+		if e.Born().After(since) {
+			continue
+		}
+		if f.bak {
+			inFlight = append(inFlight, e)
+			continue
+		}
+		held = append(held, e)
+	}
+	sortEntries(held)
+	sortEntries(inFlight)
+	for _, e := range held {
+		d.hold(e, d.files[e].data)
+		d.removeFile(e)
+		d.node.w.traceEntry(d.node.idx, evDisk, "hold older", e)
+	}
+	return held, inFlight, nil
+}
+
+// Hold implements fence.Local.
+func (v *localView) Hold(e fence.Entry) (bool, error) {
+	v.inc.enter(nil)
+	d := v.d
+	f := d.files[e]
+	if f == nil || f.bak {
+		return false, nil
+	}
+	d.hold(e, f.data)
+	d.removeFile(e)
+	d.node.w.traceEntry(d.node.idx, evDisk, "hold", e)
+	return true, nil
+}
+
 // Held implements fence.Local.
 func (v *localView) Held() []fence.Entry {
 	v.inc.enter(nil)
@@ -129,6 +169,8 @@ func (v *localView) Release(ctx context.Context, e fence.Entry) error {
 	if v.inc.cancelled(ctx) {
 		return opErr("release", e.String(), store.KindTransient, "canceled")
 	}
+	// The gate's cutoff covers the birth of every entry restored here.
+	d.gate.cover(e.Born())
 	d.or().released(e, d.node.idx)
 	d.putFile(e, &file{data: data})
 	d.unhold(e)

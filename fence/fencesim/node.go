@@ -105,7 +105,7 @@ func (sn *simNode) startSidecar(fresh, withMailman bool) {
 	inc.local = &localView{d: sn.disk, inc: inc}
 	sc := w.sc
 	cfg := fence.Config{Node: sn.id, Layout: w.layout, TTL: sc.ttl, Grace: sc.grace, Margin: sc.margin,
-		MaxTransfers: sc.maxTransfers, Concurrency: 1, Epochs: sn.disk}
+		MaxTransfers: sc.maxTransfers, Concurrency: 1, Epochs: sn.disk, Gate: &sn.disk.gate}
 	rnd := rand.New(rand.NewPCG(w.seed, uint64(sn.idx)<<32|uint64(sn.incs)))
 	log := slog.New(&logHandler{w: w, node: sn.idx})
 	n, err := fence.New(cfg, inc.st, inc.local, sn.clock, rnd, nil, log)

@@ -39,8 +39,8 @@ var mutations = []mutation{
 		// entries visible to its runners.
 		name: "fence-skips-quarantine",
 		file: "fence/lease.go",
-		old:  "moved, err := n.local.Quarantine(ctx, false)",
-		new:  "moved, err := []Entry(nil), error(nil)",
+		old:  "moved, err = n.local.Quarantine(ctx, false)",
+		new:  "moved, err = []Entry(nil), error(nil)",
 		want: "G2",
 	},
 	{

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
 	"github.com/mmsidecar/mmsidecar/store"
@@ -24,6 +25,7 @@ type Local struct {
 	keys   map[fence.Entry]string
 	gone   map[fence.Entry]string
 	stages map[fence.Entry]int
+	since  func() time.Time
 }
 
 type file struct {
@@ -179,6 +181,62 @@ func (l *Local) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error)
 	}
 	sortEntries(moved)
 	return moved, nil
+}
+
+// SetHoldSince sets where HoldOlder reads the settling rule's start
+// (Gate.Since); unset, it holds every entry that is not in flight.
+func (l *Local) SetHoldSince(since func() time.Time) {
+	l.mu.Lock()
+	l.since = since
+	l.mu.Unlock()
+}
+
+// HoldOlder implements fence.Local: the node's clock is taken as wall
+// time, so an entry is born at its base's time on that clock.
+func (l *Local) HoldOlder(ctx context.Context) (held, inFlight []fence.Entry, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	since := time.Unix(1<<40, 0)
+	if l.since != nil {
+		since = l.since()
+	}
+	for e, f := range l.files {
+		if !e.Born().After(since) {
+			if f.bak {
+				inFlight = append(inFlight, e)
+				continue
+			}
+			l.held[e] = f.data
+			delete(l.files, e)
+			held = append(held, e)
+		}
+	}
+	sortEntries(held)
+	sortEntries(inFlight)
+	return held, inFlight, nil
+}
+
+// Hold implements fence.Local.
+func (l *Local) Hold(e fence.Entry) (bool, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.files[e]
+	if f == nil || f.bak {
+		return false, nil
+	}
+	l.held[e] = f.data
+	delete(l.files, e)
+	return true, nil
+}
+
+// Recover renames every .bak back to .pck, as Mailman's runners do when
+// they start.
+func (l *Local) Recover() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, f := range l.files {
+		f.bak = false
+	}
 }
 
 // Held implements fence.Local.
