@@ -3,6 +3,8 @@ package fence
 import (
 	"context"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ClaimsPassNow runs one claims pass at once, light or full, whatever is
@@ -26,4 +28,9 @@ type GateViewForTest struct {
 func DecideGateForTest(v GateViewForTest) RunnerGate {
 	return decideGate(gateView{now: v.Now, state: v.State, epoch: v.Epoch, deadline: v.Deadline,
 		drain: v.Drain, settling: v.Settling, reason: v.Reason, stopped: v.Stopped})
+}
+
+// LoopErrorsForTest is the loop error counter of loop.
+func (m *Metrics) LoopErrorsForTest(loop string) prometheus.Counter {
+	return m.loopErrs.WithLabelValues(loop)
 }

@@ -29,6 +29,7 @@ type Metrics struct {
 	gateDenied      prometheus.Gauge
 	gatePublishErrs prometheus.Counter
 	gatePublished   *prometheus.CounterVec
+	loopErrs        *prometheus.CounterVec
 }
 
 // NewMetrics creates the coordinator's metrics and registers them with reg
@@ -108,6 +109,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		gatePublishErrs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mmsidecar_gate_publish_errors_total", Help: "Runner gate records that could not be written; uploads stop when the last published one runs out.",
 		}),
+		loopErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mmsidecar_loop_errors_total",
+			Help: "Turns of the coordinator's loops that failed and left work undone, by loop (takeover, claims, drain, settle); the loop runs again.",
+		}, []string{"loop"}),
 		gatePublished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mmsidecar_gate_published_total", Help: "Runner gate records written, by reason (live, starting, settling, fenced, lost, stopped, draining).",
 		}, []string{"reason"}),
@@ -115,11 +120,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, k := range []string{"full", "light"} {
 		m.claimsPasses.WithLabelValues(k)
 	}
+	for _, l := range []string{"takeover", "claims", "drain", "settle"} {
+		m.loopErrs.WithLabelValues(l)
+	}
 	if reg != nil {
 		reg.MustRegister(m.renewals, m.renewSeconds, m.fences, m.quarantined, m.deadMarks, m.deadMarkErrs,
 			m.takeovers, m.settled, m.handoffs, m.claimsLost, m.claimsGC, m.lateCopies, m.takeoverSecs,
 			m.state, m.epoch, m.peers, m.peerReads, m.claimsPasses, m.claimsDeferred,
-			m.gateOpen, m.gateDenied, m.gatePublishErrs, m.gatePublished)
+			m.gateOpen, m.gateDenied, m.gatePublishErrs, m.gatePublished, m.loopErrs)
 	}
 	return m
 }

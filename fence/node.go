@@ -8,6 +8,7 @@ package fence
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -154,6 +155,7 @@ type Node struct {
 	unsettled    bool // held entries of an earlier epoch failed to settle
 	// fenceReason is the runner gate's reason while fenced or stopped.
 	fenceReason string
+	loopErrs    map[string]loggedErr
 	// inFlightOld are .bak entries born before the node's last death,
 	// to settle in place (RunnerGate): reclaimed, or denied to runners.
 	inFlightOld []Entry
@@ -199,6 +201,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		written:     make(map[string]bool),
 		restored:    make(map[Entry]uint64),
 		gate:        newGateKeeper(cfg.Gate, m),
+		loopErrs:    make(map[string]loggedErr),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()
@@ -273,7 +276,7 @@ func (n *Node) Run(ctx context.Context) error {
 	wg.Add(4)
 	go loop(n.renewInterval, func(ctx context.Context) { _ = n.Renew(ctx) })
 	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, n.CheckFence)
-	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, func(ctx context.Context) { _ = n.SettleStep(ctx) })
+	go loop(func() time.Duration { return watchdogEvery(n.cfg.TTL) }, func(ctx context.Context) { n.loopErr(ctx, "settle", n.SettleStep(ctx)) })
 	go loop(n.NextScan, n.ScanStep)
 	wg.Wait()
 	return nil
@@ -291,16 +294,56 @@ func (n *Node) ScanStep(ctx context.Context) {
 		n.mu.Unlock()
 		return
 	}
-	_ = n.Takeover(ctx)
+	n.loopErr(ctx, "takeover", n.Takeover(ctx))
 	n.mu.Lock()
 	skipClaims := n.takeoverMore && n.clock.Now().Sub(n.lastClaims) < 4*n.cfg.TTL
 	n.mu.Unlock()
 	if !skipClaims {
-		_ = n.ClaimsPass(ctx)
+		n.loopErr(ctx, "claims", n.ClaimsPass(ctx))
 	}
-	_ = n.DrainStep(ctx)
+	if err := n.DrainStep(ctx); !errors.Is(err, ErrNoPeer) {
+		n.loopErr(ctx, "drain", err)
+	}
 	n.Resettle(ctx)
 	n.tendDeny(ctx)
+}
+
+// loopErrEvery bounds how often one loop's failures are logged: a loop
+// that keeps failing runs every few seconds.
+const loopErrEvery = 30 * time.Second
+
+// loopErr counts a failed turn of a loop (work that was not done) and
+// logs it: at once when the error is new, then at most every
+// loopErrEvery. The end of ctx is no failure.
+func (n *Node) loopErr(ctx context.Context, loop string, err error) {
+	if err == nil || ctx.Err() != nil {
+		return
+	}
+	n.m.loopErrs.WithLabelValues(loop).Inc()
+	msg := err.Error()
+	now := n.clock.Now()
+	n.mu.Lock()
+	last := n.loopErrs[loop]
+	log := last.msg != msg || now.Sub(last.at) >= loopErrEvery
+	if log {
+		n.loopErrs[loop] = loggedErr{msg: msg, at: now}
+	}
+	n.mu.Unlock()
+	if log {
+		n.log.Warn("loop turn failed; it runs again", "loop", loop, "epoch", n.epochNow(), "err", err)
+	}
+}
+
+// loggedErr is the last error a loop logged and when.
+type loggedErr struct {
+	msg string
+	at  time.Time
+}
+
+// epochNow returns the node's epoch.
+func (n *Node) epochNow() uint64 {
+	_, e := n.State()
+	return e
 }
 
 // TakeoverPending says whether the last takeover round stopped with
