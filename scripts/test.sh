@@ -20,8 +20,10 @@ E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
 # The end-to-end test (./e2e, build tag e2e) writes its scenario table
 # here; the summary prints it (go test hides passing tests' output).
 # Debian packages the suites need: mailman3 for the real-Mailman tests,
-# the rest for TLS roots, process and socket inspection.
-DEB_PACKAGES=(mailman3 ca-certificates curl file iproute2 procps util-linux)
+# podman and runc to build and run the container image (deploy/deploytest;
+# podman 4.3.1, runc as the OCI runtime), the rest for TLS roots, process
+# and socket inspection.
+DEB_PACKAGES=(mailman3 podman runc ca-certificates curl file iproute2 procps util-linux)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="/usr/local/go/bin:${PATH}"

@@ -9,8 +9,14 @@ import (
 	"runtime/debug"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and commit are set at build time with -ldflags
+// "-X main.version=v1.2.3 -X main.commit=<git hash>". The commit is for
+// builds that see no checkout (the container build has no .git); without
+// it the toolchain's VCS stamp is used.
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // buildInfo describes the binary.
 type buildInfo struct {
@@ -21,10 +27,11 @@ type buildInfo struct {
 	Platform  string
 }
 
-// readBuildInfo combines the -ldflags version with the VCS stamp the Go
-// toolchain records (absent with -buildvcs=false or outside a checkout).
+// readBuildInfo combines the -ldflags version and commit with the VCS
+// stamp the Go toolchain records (absent with -buildvcs=false or outside a
+// checkout).
 func readBuildInfo() buildInfo {
-	bi := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	bi := buildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return bi
@@ -35,7 +42,9 @@ func readBuildInfo() buildInfo {
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			bi.Commit = s.Value
+			if bi.Commit == "" {
+				bi.Commit = s.Value
+			}
 		case "vcs.modified":
 			bi.Modified = s.Value == "true"
 		}

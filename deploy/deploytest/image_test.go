@@ -11,12 +11,8 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 )
-
-// testVersion is injected through the Dockerfile's -X main.version flag.
-const testVersion = "v0.0.0-deploytest"
 
 // dockerBuild is the `go build` command line of deploy/Dockerfile's build
 // stage, with the ARG defaults expanded.
@@ -24,6 +20,7 @@ type dockerBuild struct {
 	Env  []string // KEY=VALUE before `go build`
 	Args []string // after `go build`, without -o and its value
 	Pkg  string
+	Out  string // the -o path, ARG defaults expanded
 }
 
 // buildCommand extracts the RUN ... go build line from deploy/Dockerfile.
@@ -47,7 +44,6 @@ func buildCommand(t *testing.T) dockerBuild {
 	for k, v := range df.Args[in.Stage] {
 		vars[k] = v
 	}
-	vars["VERSION"] = testVersion
 	vars["TARGETOS"], vars["TARGETARCH"] = runtime.GOOS, runtime.GOARCH
 	words, err := shellWords(in.Args)
 	if err != nil {
@@ -74,9 +70,11 @@ func buildCommand(t *testing.T) dockerBuild {
 			t.Fatalf("Dockerfile line %d: %v", in.Line, err)
 		}
 		switch {
-		case w == "-o":
-			j++ // the output path is the test's choice
-		case strings.HasPrefix(w, "-o="):
+		case w == "-o" && j+1 < len(rest):
+			j++
+			if b.Out, err = expand(rest[j], vars); err != nil {
+				t.Fatalf("Dockerfile line %d: %v", in.Line, err)
+			}
 		case strings.HasPrefix(w, "./"):
 			b.Pkg = w
 		default:
@@ -86,44 +84,13 @@ func buildCommand(t *testing.T) dockerBuild {
 	if b.Pkg != "./cmd/mmsidecar" {
 		t.Fatalf("Dockerfile line %d: builds %q, want ./cmd/mmsidecar", in.Line, b.Pkg)
 	}
-	return b
-}
-
-var built struct {
-	once sync.Once
-	path string
-	out  string
-	err  error
-	cmd  dockerBuild
-}
-
-// staticBinary builds ./cmd/mmsidecar with the Dockerfile's flags, once
-// per test binary, and returns its path.
-func staticBinary(t *testing.T) string {
-	t.Helper()
-	built.once.Do(func() {
-		built.cmd = buildCommand(t)
-		dir, err := os.MkdirTemp("", "deploytest-bin-")
-		if err != nil {
-			built.err = err
-			return
-		}
-		built.path = filepath.Join(dir, "mmsidecar")
-		args := append([]string{"build"}, built.cmd.Args...)
-		args = append(args, "-o", built.path, built.cmd.Pkg)
-		cmd := exec.Command("go", args...)
-		cmd.Dir = repoRoot(t)
-		// The Dockerfile's settings win over the caller's (CGO_ENABLED
-		// in particular); GOFLAGS is dropped so that a -race from the
-		// caller cannot sneak in.
-		cmd.Env = append(withoutVars(os.Environ(), "GOFLAGS"), built.cmd.Env...)
-		out, err := cmd.CombinedOutput()
-		built.out, built.err = string(out), err
-	})
-	if built.err != nil {
-		t.Fatalf("go build with the Dockerfile's flags %v %v: %v\n%s", built.cmd.Env, built.cmd.Args, built.err, built.out)
+	// The test runs this line on the host with OUT moved under a
+	// temporary directory: a binary written elsewhere would land in the
+	// host's own tree.
+	if out := df.Args[in.Stage]["OUT"]; out == "" || !strings.HasPrefix(b.Out, out+"/") {
+		t.Fatalf("Dockerfile line %d: go build -o %q, want a path under the stage's OUT (%q)", in.Line, b.Out, out)
 	}
-	return built.path
+	return b
 }
 
 func withoutVars(env []string, names ...string) []string {
@@ -140,16 +107,17 @@ next:
 	return out
 }
 
-// TestDockerfileStaticBuild runs the Dockerfile's `go build` line and
-// checks the binary the image would ship: static (no interpreter, no
-// shared libraries), stripped, built with -trimpath, and carrying the
-// version passed through -ldflags -X.
+// TestDockerfileStaticBuild runs the Dockerfile's build stage on the host
+// and checks the binary the image ships: static (no interpreter, no shared
+// libraries), stripped, built with -trimpath, and carrying the version and
+// commit passed as build args (through -ldflags -X).
 func TestDockerfileStaticBuild(t *testing.T) {
 	b := buildCommand(t)
 	if !contains(b.Env, "CGO_ENABLED=0") {
 		t.Errorf("Dockerfile go build runs without CGO_ENABLED=0: %v", b.Env)
 	}
-	bin := staticBinary(t)
+	stage := runBuildStage(t)
+	bin := stage.Binary
 	f, err := elf.Open(bin)
 	if err != nil {
 		t.Fatalf("open ELF: %v", err)
@@ -180,8 +148,8 @@ func TestDockerfileStaticBuild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s version: %v\n%s", bin, err, out)
 	}
-	if !strings.Contains(string(out), "mmsidecar "+testVersion+" ") {
-		t.Errorf("version output %q does not carry the -X main.version value %q", out, testVersion)
+	if want := fmt.Sprintf("mmsidecar %s (commit %s,", stage.Version, stage.Revision); !strings.HasPrefix(string(out), want) {
+		t.Errorf("version output %q, want it to start %q (VERSION and REVISION through -ldflags -X)", out, want)
 	}
 	// `file` is what CI logs show; the ELF checks above do not need it.
 	if path, err := exec.LookPath("file"); err == nil {
@@ -232,14 +200,8 @@ func TestDockerfileRuntime(t *testing.T) {
 	if cmd := jsonArray(t, df.last(t, "CMD")); len(cmd) != 1 || cmd[0] != "run" {
 		t.Errorf("CMD %v, want [run]", cmd)
 	}
-	var copied bool
-	for _, in := range df.find("COPY", df.Instrs[len(df.Instrs)-1].Stage) {
-		if strings.HasSuffix(in.Args, " "+entry[0]) {
-			copied = true
-		}
-	}
-	if !copied {
-		t.Errorf("no COPY puts the binary at the ENTRYPOINT path %s", entry[0])
+	if got := imagePath(t, df, buildCommand(t).Out); got != entry[0] {
+		t.Errorf("the build stage's binary lands at %q in the image, the ENTRYPOINT runs %s", got, entry[0])
 	}
 	labels := strings.Join(collectArgs(df.find("LABEL", "*")), " ")
 	for _, l := range []string{"title", "description", "source", "version", "revision"} {
@@ -268,6 +230,75 @@ func TestDockerfileRuntime(t *testing.T) {
 	if atoi(img0[1])*1000+atoi(img0[2]) < atoi(goMod[1])*1000+atoi(goMod[2]) {
 		t.Errorf("Dockerfile GO_VERSION %s is older than go.mod's go %s.%s", df.Args[""]["GO_VERSION"], goMod[1], goMod[2])
 	}
+}
+
+// TestDockerfileRuntimeNeedsNoPull checks the shape that lets the test
+// suite build and run the very image that ships: the runtime stage starts
+// FROM scratch and copies only from the build stage's OUT directory, so
+// that a directory laid out by that stage's RUN lines
+// (`--build-context build=DIR`) can stand in for it.
+func TestDockerfileRuntimeNeedsNoPull(t *testing.T) {
+	df := parseDockerfile(t, readRepoFile(t, "deploy/Dockerfile"))
+	final := df.Instrs[len(df.Instrs)-1].Stage
+	if from := df.find("FROM", final); len(from) != 1 || !strings.HasPrefix(from[0].Args, "scratch ") {
+		t.Fatalf("final stage %q starts %v, want FROM scratch", final, collectArgs(from))
+	}
+	out := df.Args[buildStage]["OUT"]
+	copies := df.find("COPY", final)
+	if len(copies) == 0 {
+		t.Fatal("the final stage copies nothing")
+	}
+	for _, c := range copies {
+		cp := parseCopy(t, c)
+		if cp.From != buildStage || !strings.HasPrefix(cp.Src+"/", strings.TrimSuffix(out, "/")+"/") {
+			t.Errorf("Dockerfile line %d: COPY %s: the final stage may copy only from the %s stage's OUT (%s)", c.Line, c.Args, buildStage, out)
+		}
+	}
+	stageRuns(t, df) // the build stage is one the test can run on the host
+}
+
+// copyInstr is a COPY instruction's flags and paths.
+type copyInstr struct {
+	From, Chown, Src, Dst string
+}
+
+// parseCopy splits `COPY [--from=X] [--chown=U:G] SRC DST`.
+func parseCopy(t *testing.T, in instruction) copyInstr {
+	t.Helper()
+	var c copyInstr
+	var paths []string
+	for _, w := range strings.Fields(in.Args) {
+		switch {
+		case strings.HasPrefix(w, "--from="):
+			c.From = strings.TrimPrefix(w, "--from=")
+		case strings.HasPrefix(w, "--chown="):
+			c.Chown = strings.TrimPrefix(w, "--chown=")
+		case strings.HasPrefix(w, "--"):
+			t.Fatalf("Dockerfile line %d: COPY flag %s not understood", in.Line, w)
+		default:
+			paths = append(paths, w)
+		}
+	}
+	if len(paths) != 2 {
+		t.Fatalf("Dockerfile line %d: COPY %s: want one source and one destination", in.Line, in.Args)
+	}
+	c.Src, c.Dst = paths[0], paths[1]
+	return c
+}
+
+// imagePath returns where the final stage's COPY --from=build puts the
+// build stage's file p, or "" when no COPY takes it.
+func imagePath(t *testing.T, df dockerfile, p string) string {
+	t.Helper()
+	final := df.Instrs[len(df.Instrs)-1].Stage
+	for _, in := range df.find("COPY", final) {
+		c := parseCopy(t, in)
+		src := strings.TrimSuffix(c.Src, "/") + "/"
+		if c.From == buildStage && strings.HasPrefix(p, src) {
+			return filepath.Join(c.Dst, strings.TrimPrefix(p, src))
+		}
+	}
+	return ""
 }
 
 func atoi(s string) int {

@@ -2,15 +2,16 @@ package deploytest
 
 import (
 	"os"
-	"path/filepath"
 	"testing"
 )
 
-// TestMain removes the binary that staticBinary shares between tests.
+// TestMain removes what the build stage left on the host (runBuildStage)
+// and the image the container test built.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if built.path != "" {
-		os.RemoveAll(filepath.Dir(built.path))
+	if built.out.Root != "" {
+		os.RemoveAll(built.out.Root)
 	}
+	removeTestImage()
 	os.Exit(code)
 }
