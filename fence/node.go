@@ -4,6 +4,7 @@
 // entries, self-fencing, settling and draining. It decides; the runner
 // acts on local files through the Local interface. Clock, randomness,
 // store and local view are parameters, so a simulator can drive it.
+// The design, its states and where each guarantee lives: docs/design.md.
 package fence
 
 import (

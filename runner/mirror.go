@@ -4,6 +4,7 @@
 //
 // Everything it touches comes in as a parameter (filesystem, watcher,
 // store, clock, gate), so a deterministic simulator can drive it.
+// The protocol's design and the entry states it tracks: docs/design.md.
 package runner
 
 import (
