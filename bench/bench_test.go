@@ -87,7 +87,11 @@ func TestQuickRun(t *testing.T) {
 		}},
 		{"initial sync done", "5 scale", "initial sync", func(r row) bool { return strings.HasSuffix(r.Sidecar, "entries/s)") }},
 		{"restart reconciled", "5 scale", "start-up reconcile", func(r row) bool { return strings.HasSuffix(strings.Fields(r.Sidecar)[1], "s") }},
-		{"graceful restart restored", "5 scale", "restart after graceful stop", func(r row) bool { return strings.Contains(r.Sidecar, "start → ready") }},
+		{"graceful restart restored", "5 scale", "restart after graceful stop (settle", func(r row) bool { return strings.Contains(r.Sidecar, "start → ready") }},
+		{"gated stop held nothing", "5 scale", "graceful stop, runner gate on", func(r row) bool { return strings.HasSuffix(r.Sidecar, ", 0 held") }},
+		{"gated restart opened the gate", "5 scale", "restart after graceful stop, runner gate on", func(r row) bool {
+			return strings.HasSuffix(strings.Fields(r.Sidecar)[0], "s") && strings.Contains(r.Sidecar, "(ready ")
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -118,7 +118,10 @@ func runScale(ctx context.Context, e *env, c config, t *table) error {
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	sc.stop(sctx)
 	cancel()
-	return gracefulRestart(ctx, e, c, t)
+	if err := gracefulRestart(ctx, e, c, t); err != nil {
+		return err
+	}
+	return gateRestart(ctx, e, c, t)
 }
 
 // scaleVerdict judges a target stated for 100,000 entries only at that

@@ -29,6 +29,8 @@ type sidecarOpts struct {
 	// bench's proxy: for workloads that time nothing at the proxy, so
 	// that the proxy's CPU and hop are not part of what they measure.
 	Direct bool
+	// Env adds MMSIDECAR_* settings (NAME=value) to the binary's.
+	Env []string
 }
 
 // endpoint is the S3 endpoint a sidecar started with o uses.
@@ -105,6 +107,7 @@ func startBinary(e *env, o sidecarOpts) (*binarySidecar, error) {
 		"MMSIDECAR_LOG_LEVEL=info",
 	)
 	env = append(env, e.sidecarEnv...)
+	env = append(env, o.Env...)
 	if o.TTL > 0 {
 		env = append(env, "MMSIDECAR_LEASE_TTL="+o.TTL.String(), "MMSIDECAR_LEASE_GRACE="+o.Grace.String(), "MMSIDECAR_LEASE_MARGIN="+o.Margin.String())
 	}

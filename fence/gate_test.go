@@ -166,7 +166,9 @@ func TestGateOpensOnlyWhenPublished(t *testing.T) {
 		t.Fatal("live node with a published gate may not upload")
 	}
 	// Renewals go on, but no record can be written: uploads stop when
-	// the last published one runs out, well before the lease would.
+	// the last published one runs out, and the node fences then rather
+	// than look live; it stays fenced while it cannot write the record.
+	_, epoch := a.n.State()
 	c.gates["a"].Fail(errors.New("disk full"))
 	c.runFor(ttl)
 	if a.n.Gate().Writable {
@@ -175,10 +177,13 @@ func TestGateOpensOnlyWhenPublished(t *testing.T) {
 	if _, failed := a.n.RunnerGate(); !failed {
 		t.Fatal("RunnerGate does not report the failure")
 	}
+	if st, e := a.n.State(); st != fence.StateFenced || e != epoch {
+		t.Fatalf("node that cannot publish its gate is %s at epoch %d (was %d), want fenced at the same epoch", st, e, epoch)
+	}
 	c.gates["a"].Fail(nil)
 	c.runFor(ttl)
-	if !a.n.Gate().Writable {
-		t.Fatal("node does not upload again once a gate is published")
+	if st, _ := a.n.State(); st != fence.StateLive || !a.n.Gate().Writable {
+		t.Fatalf("node is %s (writable %v) once a gate can be published again", st, a.n.Gate().Writable)
 	}
 }
 

@@ -283,6 +283,14 @@ func (n *Node) Renew(ctx context.Context) error {
 	case state == StateFenced && busy:
 		return nil // the fence is still moving files, or we are stopping
 	case state == StateFenced:
+		if _, failed := n.gate.current(); failed {
+			// A node that cannot write its gate record stays fenced:
+			// it could not let its runners know it is back, nor
+			// upload anything.
+			if err := n.publishGate(); err != nil {
+				return err
+			}
+		}
 		died, err := n.acquire(ctx, false, false)
 		if err != nil {
 			n.m.renewals.WithLabelValues("error").Inc()
@@ -441,14 +449,24 @@ func (n *Node) overdueLocked() bool {
 	return n.clock.Now().Sub(n.renewedAt) > n.cfg.TTL-n.cfg.Margin
 }
 
-// CheckFence fences the node once its lease is overdue (overdueLocked).
+// CheckFence fences the node once its lease is overdue (overdueLocked), or
+// once the last runner gate it could publish ran out: a node that cannot
+// write its gate record uploads nothing, so it must not look live.
 func (n *Node) CheckFence(ctx context.Context) {
+	until := n.gate.uploadUntil()
+	_, failed := n.gate.current()
 	n.mu.Lock()
-	due := n.state != StateStarting && n.state != StateFenced && n.overdueLocked()
+	active := n.state != StateStarting && n.state != StateFenced
+	overdue := active && n.overdueLocked()
+	gateOut := active && failed && !n.clock.Now().Before(until)
 	n.mu.Unlock()
-	if due {
+	switch {
+	case overdue:
 		n.log.Warn("lease not renewed within TTL - margin: fencing", "ttl", n.cfg.TTL, "margin", n.cfg.Margin)
 		n.fence(ctx, "expired")
+	case gateOut:
+		n.log.Error("runner gate not published since its last deadline: fencing", "ttl", n.cfg.TTL)
+		n.fence(ctx, "gate")
 	}
 }
 

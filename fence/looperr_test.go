@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,5 +45,28 @@ func TestLoopErrorsAreCounted(t *testing.T) {
 	c.runFor(ttl + grace + 2*time.Second)
 	if got := testutil.ToFloat64(m.LoopErrorsForTest("takeover")); got == 0 {
 		t.Fatal("a failing takeover counted no loop error")
+	}
+}
+
+// TestOwnDeadNamespaceListedUntilEmpty: a node that was declared dead
+// takes its own dead epochs over like a peer's, and stops listing its own
+// namespace once they are empty (an idle node's cost stays one renewal and
+// one lease listing per TTL/3).
+func TestOwnDeadNamespaceListedUntilEmpty(t *testing.T) {
+	c, _ := killedWithBacklog(t, 10)
+	c.runFor(ttl + grace + 2*time.Second)
+	a := c.start("a", c.nodes["a"].local, false)
+	var lists atomic.Int64
+	own := c.layout.NodePrefix("a")
+	a.st.onList = func(prefix string) {
+		if prefix == own {
+			lists.Add(1)
+		}
+	}
+	c.runFor(3 * ttl)
+	settled := lists.Load()
+	c.runFor(10 * ttl)
+	if more := lists.Load() - settled; more > 0 {
+		t.Fatalf("node listed its own emptied namespace %d more times in 10 TTL (%d before)", more, settled)
 	}
 }

@@ -111,7 +111,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		loopErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mmsidecar_loop_errors_total",
-			Help: "Turns of the coordinator's loops that failed and left work undone, by loop (takeover, claims, drain, settle); the loop runs again.",
+			Help: "Turns of the coordinator's loops that failed and left work undone, by loop (scan, takeover, claims, drain, settle); the loop runs again.",
 		}, []string{"loop"}),
 		gatePublished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mmsidecar_gate_published_total", Help: "Runner gate records written, by reason (live, starting, settling, fenced, lost, stopped, draining).",
@@ -120,7 +120,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, k := range []string{"full", "light"} {
 		m.claimsPasses.WithLabelValues(k)
 	}
-	for _, l := range []string{"takeover", "claims", "drain", "settle"} {
+	for _, l := range []string{"scan", "takeover", "claims", "drain", "settle"} {
 		m.loopErrs.WithLabelValues(l)
 	}
 	if reg != nil {

@@ -157,6 +157,9 @@ type Node struct {
 	// fenceReason is the runner gate's reason while fenced or stopped.
 	fenceReason string
 	loopErrs    map[string]loggedErr
+	// selfEmptyUpTo: this node's own namespace holds nothing up to this
+	// epoch (its dead epochs' takeover is done), as peer.emptyUpTo.
+	selfEmptyUpTo uint64
 	// inFlightOld are .bak entries born before the node's last death,
 	// to settle in place (RunnerGate): reclaimed, or denied to runners.
 	inFlightOld []Entry
@@ -237,9 +240,6 @@ func (n *Node) State() (string, uint64) {
 	return n.state, n.lease.Epoch
 }
 
-// Node returns the node's id.
-func (n *Node) ID() string { return n.cfg.Node }
-
 func (n *Node) setStateLocked(s string) {
 	n.state = s
 	n.m.setState(s)
@@ -290,6 +290,7 @@ func (n *Node) Run(ctx context.Context) error {
 // delayed the next round by many seconds.
 func (n *Node) ScanStep(ctx context.Context) {
 	if err := n.Scan(ctx); err != nil {
+		n.loopErr(ctx, "scan", err)
 		n.mu.Lock()
 		n.takeoverMore = false // no round ran: wait the interval
 		n.mu.Unlock()

@@ -42,10 +42,9 @@ func (n *Node) Takeover(ctx context.Context) error {
 	sort.Slice(targets, func(i, j int) bool { return targets[i].node < targets[j].node })
 	octx, done, epoch := n.ownerCtx(ctx)
 	defer done()
-	var self uint64
 	n.mu.Lock()
-	if n.lease.DeadEpoch > 0 {
-		targets = append(targets, target{n.cfg.Node, n.lease.DeadEpoch, &self})
+	if n.lease.DeadEpoch > n.selfEmptyUpTo {
+		targets = append(targets, target{n.cfg.Node, n.lease.DeadEpoch, &n.selfEmptyUpTo})
 	}
 	n.mu.Unlock()
 
