@@ -62,15 +62,17 @@ func keyOf(fi os.FileInfo) (statKey, bool) {
 // Reader reads one gate record file and keeps what it decoded for as long
 // as the file's identity (device, inode, size, modification and change
 // times) stays the same, so a check costs one stat when nothing changed.
-// It is safe for concurrent use.
+// It keeps the decoded version's file open: that inode cannot be freed and
+// handed to a later version, which could otherwise match it in every field
+// (timestamps are coarse). It is safe for concurrent use.
 type Reader struct {
 	path string
 
-	mu     sync.Mutex
-	cached bool
-	key    statKey
-	rec    *Record
-	err    error
+	mu  sync.Mutex
+	f   *os.File // the cached version, held open; nil: nothing cached
+	key statKey
+	rec *Record
+	err error
 }
 
 // NewReader returns a Reader of the record at path (typically
@@ -85,39 +87,63 @@ func (r *Reader) Path() string { return r.path }
 // does not decode, any other when it cannot be read.
 func (r *Reader) Read() (*Record, error) {
 	fi, err := os.Stat(r.path)
-	if err != nil {
-		return nil, fmt.Errorf("stat gate record: %w", err)
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if key, ok := keyOf(fi); ok && r.cached && key == r.key {
+	if err != nil {
+		r.forget()
+		return nil, fmt.Errorf("stat gate record: %w", err)
+	}
+	if key, ok := keyOf(fi); ok && r.f != nil && key == r.key {
 		return r.rec, r.err
 	}
-	key, rec, err := readRecord(r.path)
-	if err != nil && key == (statKey{}) {
-		return nil, err // not opened: nothing to cache
+	f, key, rec, err := readRecord(r.path)
+	r.forget()
+	if f == nil { // unreadable, or nothing to know the version by
+		return rec, err
 	}
-	r.cached, r.key, r.rec, r.err = true, key, rec, err
+	r.f, r.key, r.rec, r.err = f, key, rec, err
 	return rec, err
 }
 
-// readRecord opens, identifies and decodes the record; the key comes from
-// the open file, so it always describes the bytes decoded.
-func readRecord(path string) (statKey, *Record, error) {
+// Close releases the file the Reader holds; a later Read reads afresh.
+func (r *Reader) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.forget()
+	return nil
+}
+
+func (r *Reader) forget() {
+	if r.f != nil {
+		r.f.Close()
+	}
+	r.f, r.rec, r.err = nil, nil, nil
+}
+
+// readRecord opens, identifies and decodes the record, and returns the
+// open file to cache it by (nil when it could not be read or identified);
+// the key comes from the open file, so it always describes the bytes
+// decoded.
+func readRecord(path string) (*os.File, statKey, *Record, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return statKey{}, nil, fmt.Errorf("open gate record: %w", err)
+		return nil, statKey{}, nil, fmt.Errorf("open gate record: %w", err)
 	}
-	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return statKey{}, nil, fmt.Errorf("stat gate record: %w", err)
+		f.Close()
+		return nil, statKey{}, nil, fmt.Errorf("stat gate record: %w", err)
 	}
-	key, _ := keyOf(fi)
+	key, ok := keyOf(fi)
 	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
-	if err != nil {
-		return statKey{}, nil, fmt.Errorf("read gate record: %w", err)
+	if err != nil || !ok {
+		f.Close()
+		if err == nil {
+			rec, derr := Decode(data) // no identity to cache it by
+			return nil, statKey{}, rec, derr
+		}
+		return nil, statKey{}, nil, fmt.Errorf("read gate record: %w", err)
 	}
 	rec, err := Decode(data)
-	return key, rec, err
+	return f, key, rec, err
 }

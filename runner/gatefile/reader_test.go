@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -51,8 +52,14 @@ func TestReaderCachesByStat(t *testing.T) {
 		t.Fatalf("unchanged file decoded again (%p, then %p, %v)", first, again, err)
 	}
 
+	held := inodeOf(t, r.f.Name(), r.f)
 	rec.Epoch = 4 // same size: only the inode and times tell
 	writeRecord(t, path, rec)
+	// The replaced version stays open, so its inode cannot come back as
+	// the next version's.
+	if st, err := os.Stat(path); err != nil || inodeOf(t, path, nil) == held || inodeOf(t, "", r.f) != held {
+		t.Fatalf("the reader does not hold the replaced version's inode %d (%v, %v)", held, st, err)
+	}
 	second, err := r.Read()
 	if err != nil || second == first || second.Epoch != 4 {
 		t.Fatalf("replaced file: Read = %+v, %v", second, err)
@@ -74,6 +81,22 @@ func TestReaderCachesByStat(t *testing.T) {
 	if _, err := r.Read(); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("removed file: err = %v, want ErrNotExist", err)
 	}
+}
+
+// inodeOf returns the inode of f when it is given, else of path.
+func inodeOf(t *testing.T, path string, f *os.File) uint64 {
+	t.Helper()
+	var fi os.FileInfo
+	var err error
+	if f != nil {
+		fi, err = f.Stat()
+	} else {
+		fi, err = os.Stat(path)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
 func TestReaderUnreadable(t *testing.T) {
