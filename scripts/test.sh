@@ -20,10 +20,11 @@ E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
 # The end-to-end test (./e2e, build tag e2e) writes its scenario table
 # here; the summary prints it (go test hides passing tests' output).
 # Debian packages the suites need: mailman3 for the real-Mailman tests,
-# podman and runc to build and run the container image (deploy/deploytest;
+# python3-pytest for the Mailman plugin's tests (deploy/mailman), podman
+# and runc to build and run the container image (deploy/deploytest;
 # podman 4.3.1, runc as the OCI runtime), the rest for TLS roots, process
 # and socket inspection.
-DEB_PACKAGES=(mailman3 podman runc ca-certificates curl file iproute2 procps util-linux)
+DEB_PACKAGES=(mailman3 python3-pytest podman runc ca-certificates curl file iproute2 procps util-linux)
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="/usr/local/go/bin:${PATH}"
