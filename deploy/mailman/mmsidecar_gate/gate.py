@@ -285,6 +285,13 @@ class Reader:
         self._fp, self._key, self._result = fp, key, result
         return result
 
+    def close(self):
+        """Close the file the Reader holds; a later read reads afresh."""
+        self._forget()
+
+    def __del__(self):
+        self._forget()
+
     def _forget(self):
         if self._fp is not None:
             self._fp.close()
