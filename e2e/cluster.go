@@ -44,6 +44,7 @@ type ClusterConfig struct {
 	Runners   []string      // runners per node; nil = DefaultRunners
 	SleepTime time.Duration // runner sleep_time; 0 = 200ms
 	Extra     string        // appended to every node's mailman.cfg
+	Env       []string      // KEY=VALUE for every node's master and CLI commands
 	// BeforeMailman, when set, runs after the list is set up and before
 	// any node's Mailman starts: the place to start each node's sidecar,
 	// which must be ready before its Mailman runs.
@@ -160,6 +161,7 @@ func newCluster(cfg ClusterConfig) (*Cluster, error) {
 			Runners:   cfg.Runners,
 			SleepTime: cfg.SleepTime,
 			Extra:     cfg.Extra,
+			Env:       cfg.Env,
 			List:      acct,
 		})
 		if err != nil {

@@ -57,6 +57,7 @@ type MailmanConfig struct {
 	Runners   []string      // runners to start; nil = DefaultRunners
 	SleepTime time.Duration // sleep_time of every runner; 0 = 200ms
 	Extra     string        // appended verbatim to mailman.cfg
+	Env       []string      // KEY=VALUE for the master and CLI commands (e.g. PYTHONPATH)
 	List      Account       // the Mailman user (Debian: list)
 }
 
@@ -243,6 +244,7 @@ func (m *Mailman) Start(ctx context.Context) error {
 		Name:    "mailman-" + m.cfg.Name,
 		Path:    Python,
 		Args:    args,
+		Env:     m.cfg.Env,
 		Dir:     m.varDir,
 		AsUser:  &acct,
 		LogPath: filepath.Join(m.cfg.Dir, "master.out"),

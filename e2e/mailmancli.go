@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -34,7 +35,7 @@ func (c *CLI) run(ctx context.Context, stdin string, env []string, args ...strin
 		Name:   "mailman " + strings.Join(args, " "),
 		Path:   Python,
 		Args:   append([]string{filepath.Join(MailmanBinDir, "mailman"), "-C", c.m.cfgPath}, args...),
-		Env:    env,
+		Env:    mergeEnv(c.m.cfg.Env, env),
 		Dir:    c.m.varDir,
 		AsUser: &acct,
 	}, stdin)
@@ -42,6 +43,25 @@ func (c *CLI) run(ctx context.Context, stdin string, env []string, args ...strin
 		return out, fmt.Errorf("%w\n%s", err, out)
 	}
 	return out, nil
+}
+
+// mergeEnv returns base with extra's variables added; a PYTHONPATH in
+// both is joined (extra's directories first), any other of extra's wins.
+func mergeEnv(base, extra []string) []string {
+	out := slices.Clone(base)
+	for _, kv := range extra {
+		k, v, _ := strings.Cut(kv, "=")
+		i := slices.IndexFunc(out, func(s string) bool { return strings.HasPrefix(s, k+"=") })
+		switch {
+		case i < 0:
+			out = append(out, kv)
+		case k == "PYTHONPATH":
+			out[i] = k + "=" + v + ":" + strings.TrimPrefix(out[i], k+"=")
+		default:
+			out[i] = kv
+		}
+	}
+	return out
 }
 
 // CreateList creates a list (and its domain) with no owner and no notice.
