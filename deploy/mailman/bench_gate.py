@@ -79,7 +79,7 @@ def per_item_ns(fn, n):
 def per_check_us(runner_gate, bases):
     """Microseconds per entry the gated sequence adds to a plain loop."""
     def gated():
-        for _ in runner_gate.files(bases):
+        for _ in runner_gate.files(lambda: bases):
             pass
 
     def plain():
@@ -154,7 +154,7 @@ def main():
                      for _ in range(n)]
             gate.recheck = plugin.RECHECK
             reads[0] = 0
-            for base in runner_gate.files(bases):
+            for base in runner_gate.files(lambda: bases):
                 sb.dequeue(base)
                 sb.finish(base)
             fig['share'].append(reads[0] / n)

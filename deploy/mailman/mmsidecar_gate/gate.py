@@ -221,6 +221,17 @@ def admitted(record, error, queue, base, now_boottime, boot_id):
     return False, why + ', before cutoff'
 
 
+def closed_to_all(record, error, now_boottime, boot_id):
+    """Whether the gate admits no entry at all now, whatever its name: no
+    usable record, admit none before the deadline, or no cutoff after
+    it."""
+    if record is None:
+        return True
+    if record.boot_id == boot_id and now_boottime < record.deadline:
+        return record.admit == 'none'
+    return record.cutoff is None
+
+
 def describe(record, error, now_boottime, boot_id):
     """The gate's state for every entry at once, for the log: open,
     closed, or new entries only (with the birth they must be after), and
@@ -361,14 +372,16 @@ class Gate:
             return False, CHECK_FAILED
 
     def observe(self):
-        """Stat the record and report the gate's state to on_change if it
-        changed; never raises."""
+        """Stat the record, report the gate's state to on_change if it
+        changed, and return whether the gate is closed to every entry
+        (closed_to_all); never raises (an error: closed)."""
         try:
             now = self.clock()
             record, error = self._current(now, fresh=True)
             self._note(record, error, now)
+            return closed_to_all(record, error, now, self.boot_id)
         except Exception:
-            pass
+            return True
 
     def state(self):
         """describe() of the gate now; never raises."""

@@ -139,15 +139,20 @@ class RunnerGate:
         except Exception:
             return False
 
-    def files(self, bases):
-        """The gated sequence of bases; also notes the gate's state once
-        per pass, so an idle runner logs a change too."""
+    def files(self, list_files):
+        """The gated sequence of the queue's entries, listed by
+        list_files() (Mailman's get_files); also notes the gate's state
+        once per pass, so an idle runner logs a change too.  A gate closed
+        to every entry costs no listing: the pass hands out nothing."""
+        closed = True
         try:
             if self.gate is not None:
-                self.gate.observe()
+                closed = self.gate.observe()
+            else:
+                self._log_state('closed ({})'.format(self.problem))
         except Exception:
             pass
-        return GatedFiles(bases, self.admit)
+        return GatedFiles(() if closed else list_files(), self.admit)
 
 
 _BOOT_ID = None
@@ -181,7 +186,7 @@ def gated_switchboard(base, state_dir, problem=None):
 
         @property
         def files(self):
-            return self._mmsidecar.files(self.get_files())
+            return self._mmsidecar.files(self.get_files)
 
     return GatedSwitchboard
 

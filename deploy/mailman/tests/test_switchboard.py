@@ -169,6 +169,20 @@ def test_a_name_without_a_birth_is_never_handed_out(node):
     assert run_pass(sb) == ([], 0)
 
 
+def test_a_gate_closed_to_every_entry_costs_no_listing(node):
+    sb, state_dir = node
+    # A name Mailman's own listing cannot parse: get_files() raises.
+    open(os.path.join(sb.queue_directory, 'x+y.pck'), 'wb').close()
+    assert run_pass(sb) == ([], 0)                  # no gate: not listed
+    write_gate(state_dir, record(admit='none'))
+    assert run_pass(sb) == ([], 0)
+    write_gate(state_dir, record(deadline_in=-1, cutoff=None))
+    assert run_pass(sb) == ([], 0)
+    write_gate(state_dir, record())
+    with pytest.raises(ValueError):                 # listed: Mailman's own
+        run_pass(sb)                                # behaviour
+
+
 def test_no_state_dir_keeps_the_gate_closed(tmp_path):
     cls = plugin.gated_switchboard(Switchboard, None,
                                    problem='configuration unreadable')
