@@ -147,3 +147,30 @@ func readRecord(path string) (*os.File, statKey, *Record, error) {
 	rec, err := Decode(data)
 	return f, key, rec, err
 }
+
+// Checker applies the rule the way a runner does before each dequeue: the
+// record through a Reader, this process's boot id (read once) and
+// CLOCK_BOOTTIME at every check. It is safe for concurrent use.
+type Checker struct {
+	reader *Reader
+	bootID string
+	clock  func() (time.Duration, error)
+}
+
+// NewChecker returns a Checker of the record at path. A boot id that
+// cannot be read is "", which no valid record carries.
+func NewChecker(path string) *Checker {
+	id, _ := ReadBootID()
+	return &Checker{reader: NewReader(path), bootID: id, clock: BootTime}
+}
+
+// Check is Admit for the entry base of queue, now; a clock that cannot be
+// read gives ReasonCheckFailed (not admitted).
+func (c *Checker) Check(queue, base string) (admitted bool, reason string) {
+	now, err := c.clock()
+	if err != nil {
+		return false, ReasonCheckFailed
+	}
+	rec, err := c.reader.Read()
+	return Admit(rec, err, queue, base, now.Seconds(), c.bootID)
+}

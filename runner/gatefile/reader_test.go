@@ -178,3 +178,35 @@ func TestBootTime(t *testing.T) {
 		}
 	}
 }
+
+func TestChecker(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	c := NewChecker(path)
+	id, err := ReadBootID()
+	if err != nil || c.bootID != id {
+		t.Fatalf("boot id %q, want %q (%v)", c.bootID, id, err)
+	}
+	base := "1764330010.75+0a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
+	if ok, reason := c.Check("in", base); ok || reason != ReasonNoGate {
+		t.Fatalf("no record: %v %q", ok, reason)
+	}
+	now, err := BootTime()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := liveRecord()
+	rec.BootID, rec.Deadline = id, (now + time.Minute).Seconds()
+	writeRecord(t, path, rec)
+	if ok, reason := c.Check("in", base); !ok || reason != ReasonOpen {
+		t.Fatalf("open record: %v %q", ok, reason)
+	}
+	rec.Deadline = (now - time.Second).Seconds()
+	writeRecord(t, path, rec)
+	if ok, reason := c.Check("in", base); !ok || reason != ReasonExpiredAfter {
+		t.Fatalf("expired record, entry after the cutoff: %v %q", ok, reason)
+	}
+	c.clock = func() (time.Duration, error) { return 0, errors.New("no clock") }
+	if ok, reason := c.Check("in", base); ok || reason != ReasonCheckFailed {
+		t.Fatalf("no clock: %v %q", ok, reason)
+	}
+}

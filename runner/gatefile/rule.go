@@ -28,6 +28,9 @@ const (
 	ReasonExpiredNoCutoff = "expired, no cutoff"
 	ReasonExpiredAfter    = "expired, after cutoff"
 	ReasonExpiredBefore   = "expired, before cutoff"
+	// ReasonCheckFailed is a reader's own failure inside a check (its
+	// clock), not a case of the rule: not admitted.
+	ReasonCheckFailed = "check failed"
 )
 
 // Admit is the gate's rule (docs/gate.md, "The rule"): whether a runner may
