@@ -17,8 +17,8 @@ import (
 
 // gatePluginCfg is the plugin section deploy/mailman/README.md adds to
 // mailman.cfg.
-const gatePluginCfg = `[plugin.mmsidecar_gate]
-class: mmsidecar_gate.GatePlugin
+const gatePluginCfg = `[plugin.mailman_mmsidecar]
+class: mailman_mmsidecar.GatePlugin
 enabled: yes
 `
 
@@ -36,8 +36,8 @@ func installGatePlugin(t *testing.T) string {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	src := filepath.Join("..", "deploy", "mailman", "mmsidecar_gate")
-	dst := filepath.Join(dir, "mmsidecar_gate")
+	src := filepath.Join("..", "deploy", "mailman", "mailman_mmsidecar")
+	dst := filepath.Join(dir, "mailman_mmsidecar")
 	if err := os.Mkdir(dst, 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# mmsidecar_gate: Mailman 3 runners honour the mmsidecar runner gate.
+# mailman_mmsidecar: Mailman 3 runners honour the mmsidecar runner gate.
 # Copyright (C) 2026 The mmsidecar authors
 #
 # This program is free software: you can redistribute it and/or modify it
@@ -49,8 +49,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from mailman.core.switchboard import Switchboard  # noqa: E402
 from mailman.email.message import Message  # noqa: E402
-from mmsidecar_gate import gate as gatelib  # noqa: E402
-from mmsidecar_gate import plugin  # noqa: E402
+from mailman_mmsidecar import gate as gatelib  # noqa: E402
+from mailman_mmsidecar import plugin  # noqa: E402
 
 
 def gate_record(deadline_in=3600.0, epoch=3):

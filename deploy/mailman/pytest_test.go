@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // python is Debian's interpreter, which has Mailman (mailman3) and pytest
@@ -16,12 +18,12 @@ const python = "/usr/bin/python3"
 // fixtures, the reader, the gated switchboard against Mailman's own
 // Switchboard, runner passes inside real Mailman, a real runner process
 // and a CLI command. Without python3-pytest or mailman3 it skips, except
-// under scripts/test.sh (MMSIDECAR_TEST_MINIO=require), where it fails:
+// under scripts/test.sh (storetest.EnvTestMinIO=require), where it fails:
 // CI always runs them.
 func TestPluginPytest(t *testing.T) {
 	if out, err := exec.Command(python, "-c", "import pytest, mailman").CombinedOutput(); err != nil {
 		msg := "needs " + python + " with pytest and mailman (apt-get install python3-pytest mailman3): " + strings.TrimSpace(string(out))
-		if os.Getenv("MMSIDECAR_TEST_MINIO") == "require" {
+		if os.Getenv(storetest.EnvTestMinIO) == "require" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)

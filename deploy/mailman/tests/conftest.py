@@ -21,7 +21,7 @@ FIXTURES = REPO / 'runner' / 'gatefile' / 'testdata' / 'fixtures.json'
 
 sys.path.insert(0, str(PLUGIN_DIR))
 
-from mmsidecar_gate import gate as gatelib  # noqa: E402
+from mailman_mmsidecar import gate as gatelib  # noqa: E402
 
 BOOT_ID = gatelib.read_boot_id()
 

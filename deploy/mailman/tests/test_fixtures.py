@@ -5,7 +5,7 @@ answers as the Go reader, case by case."""
 import pytest
 
 from conftest import fixture_bytes, load_fixtures
-from mmsidecar_gate import gate as gatelib
+from mailman_mmsidecar import gate as gatelib
 
 CASES = load_fixtures()
 

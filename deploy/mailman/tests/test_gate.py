@@ -9,7 +9,7 @@ import re
 import pytest
 
 from conftest import BOOT_ID, base_at, record, write_gate
-from mmsidecar_gate import gate as gatelib
+from mailman_mmsidecar import gate as gatelib
 
 
 def test_reader_keeps_the_decoded_record_while_the_file_is_unchanged(

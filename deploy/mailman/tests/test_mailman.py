@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The plugin inside real Mailman (Debian's 3.3.8): loaded from a
-[plugin.mmsidecar_gate] section by Mailman's own initialize(), a runner's
+[plugin.mailman_mmsidecar] section by Mailman's own initialize(), a runner's
 own passes (Runner._one_iteration), a real `runner` process, and a CLI
 command."""
 
@@ -87,8 +87,8 @@ def site(tmp_path_factory):
         start: no
         sleep_time: 0.1s
 
-        [plugin.mmsidecar_gate]
-        class: mmsidecar_gate.GatePlugin
+        [plugin.mailman_mmsidecar]
+        class: mailman_mmsidecar.GatePlugin
         enabled: yes
         configuration: {gate_cfg}
         ''').format(var=var, bin_dir=BIN_DIR, root=root, gate_cfg=gate_cfg))
@@ -132,7 +132,7 @@ def message(tag):
 
 def test_mailman_loaded_the_plugin(site):
     import mailman.core.runner
-    assert 'mmsidecar_gate' in config.plugins
+    assert 'mailman_mmsidecar' in config.plugins
     assert hasattr(mailman.core.runner.Switchboard, '_mmsidecar_base')
     # The global switchboards (enqueue, REST listings) are not gated.
     assert not hasattr(config.switchboards['in'], '_mmsidecar')
@@ -179,8 +179,8 @@ def test_runner_passes_honour_the_gate(site, captured):
 
 
 def test_state_dir_from_the_configuration_file(site, tmp_path):
-    from mmsidecar_gate.plugin import state_dir_for
-    assert state_dir_for('mmsidecar_gate') == (site['state_dir'], None)
+    from mailman_mmsidecar.plugin import state_dir_for
+    assert state_dir_for('mailman_mmsidecar') == (site['state_dir'], None)
     for name, body, want in [
             ('nocfg', '', (str(site['queue'] / '.mmsidecar'), None)),
             ('missing', 'configuration: {}/none.cfg'.format(tmp_path), None),
@@ -188,7 +188,7 @@ def test_state_dir_from_the_configuration_file(site, tmp_path):
     ]:
         (tmp_path / 'rel.cfg').write_text('[mmsidecar]\nstate_dir: rel\n')
         config.push(name, '[plugin.{}]\nclass: x.Y\nenabled: no\n'
-                    'component_package: mmsidecar_gate\n{}\n'.format(
+                    'component_package: mailman_mmsidecar\n{}\n'.format(
             name, body))
         try:
             got = state_dir_for(name)

@@ -13,7 +13,7 @@ import pytest
 from conftest import BOOT_ID, is_held, record, write_gate
 from mailman.core.switchboard import Switchboard
 from mailman.email.message import Message
-from mmsidecar_gate import plugin
+from mailman_mmsidecar import plugin
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-# mmsidecar_gate: Mailman 3 runners honour the mmsidecar runner gate.
+# mailman_mmsidecar: Mailman 3 runners honour the mmsidecar runner gate.
 # Copyright (C) 2026 The mmsidecar authors
 #
 # This program is free software: you can redistribute it and/or modify it
@@ -19,8 +19,8 @@
 """A Mailman 3 plugin: every queue runner checks mmsidecar's runner gate
 before each dequeue, and keeps a runner record the sidecar counts.
 
-    [plugin.mmsidecar_gate]
-    class: mmsidecar_gate.GatePlugin
+    [plugin.mailman_mmsidecar]
+    class: mailman_mmsidecar.GatePlugin
     enabled: yes
 
 With the plugin and no sidecar (no gate record), Mailman dequeues
@@ -31,7 +31,7 @@ from mailman.interfaces.plugin import IPlugin
 from public import public
 from zope.interface import implementer
 
-from mmsidecar_gate.plugin import PLUGIN_VERSION, install
+from mailman_mmsidecar.plugin import PLUGIN_VERSION, install
 
 __version__ = PLUGIN_VERSION
 
@@ -46,7 +46,7 @@ class GatePlugin:
 
     def pre_hook(self):
         """Install the gated switchboard (every process; never raises)."""
-        install(getattr(self, 'name', 'mmsidecar_gate'))
+        install(getattr(self, 'name', 'mailman_mmsidecar'))
 
     def post_hook(self):
         """Nothing to do once the database is up."""

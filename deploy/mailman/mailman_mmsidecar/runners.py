@@ -1,4 +1,4 @@
-# mmsidecar_gate: Mailman 3 runners honour the mmsidecar runner gate.
+# mailman_mmsidecar: Mailman 3 runners honour the mmsidecar runner gate.
 # Copyright (C) 2026 The mmsidecar authors
 #
 # This program is free software: you can redistribute it and/or modify it

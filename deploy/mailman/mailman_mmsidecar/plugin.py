@@ -1,4 +1,4 @@
-# mmsidecar_gate: Mailman 3 runners honour the mmsidecar runner gate.
+# mailman_mmsidecar: Mailman 3 runners honour the mmsidecar runner gate.
 # Copyright (C) 2026 The mmsidecar authors
 #
 # This program is free software: you can redistribute it and/or modify it
@@ -38,8 +38,8 @@ import time
 from mailman.config import config
 from mailman.config.config import external_configuration
 
-from mmsidecar_gate import gate as gatelib
-from mmsidecar_gate import runners
+from mailman_mmsidecar import gate as gatelib
+from mailman_mmsidecar import runners
 
 PLUGIN_VERSION = '1'
 # The sidecar's default state directory, under Mailman's queue_dir.
