@@ -58,6 +58,9 @@ func gateRestart(ctx context.Context, e *env, c config, t *table) error {
 	gatePath := filepath.Join(root, ".mmsidecar", gatefile.FileName)
 	// An entry born before the stop stands for the backlog.
 	old := oldestBase(filepath.Join(root, "in"))
+	if old == "" {
+		return fmt.Errorf("gate restart: no entry left in the queue after SIGTERM")
+	}
 	if open, why := gateAdmits(gatePath, old); open {
 		return fmt.Errorf("gate restart: the gate admits the backlog after SIGTERM (%s)", why)
 	}
@@ -67,23 +70,38 @@ func gateRestart(ctx context.Context, e *env, c config, t *table) error {
 		sc, st, err := startAndTime(ctx, e, o, 30*time.Minute)
 		started <- startResult{sc, st, err}
 	}()
+	// Poll until the gate opens; give up a minute after the sidecar is
+	// ready (or failed to start) with the gate still closed.
 	var openAfter time.Duration
-	deadline := time.Now().Add(10 * time.Minute)
-	for openAfter == 0 && time.Now().Before(deadline) {
-		if open, _ := gateAdmits(gatePath, old); open {
+	var res *startResult
+	var giveUp <-chan time.Time
+	why := ""
+	for openAfter == 0 {
+		var open bool
+		if open, why = gateAdmits(gatePath, old); open {
 			openAfter = time.Since(t1)
 			break
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case r := <-started:
+			res = &r
+			giveUp = time.After(time.Minute)
+		case <-giveUp:
+			if res.sc != nil {
+				res.sc.kill()
+			}
+			return fmt.Errorf("gate restart: the gate did not open within a minute of the start (%s; start: %v)", why, res.err)
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
-	res := <-started
+	if res == nil {
+		r := <-started
+		res = &r
+	}
 	if res.err != nil {
 		return res.err
 	}
 	defer res.sc.kill()
-	if openAfter == 0 {
-		return fmt.Errorf("gate restart: the gate did not open within 10 minutes")
-	}
 	after, _ := countEntries(filepath.Join(root, "in"))
 	e.log("scale: runner gate on: SIGTERM with %d entries took %s (%d held); restart: gate open %s after start, ready %s; %d entries in the queue", n, secs(stopTook), len(held), secs(openAfter), secs(res.st.ready), len(after))
 	t.add(row{Workload: label, Figure: "graceful stop, runner gate on (closes the gate, moves nothing)",
@@ -113,13 +131,12 @@ func gateAdmits(path, base string) (bool, string) {
 
 // oldestBase returns the base of the oldest entry in dir ("" if none).
 func oldestBase(dir string) string {
-	names, err := countEntries(dir)
+	bases, err := countEntries(dir)
 	if err != nil {
 		return ""
 	}
 	oldest := ""
-	for name := range names {
-		base := name[:len(name)-len(filepath.Ext(name))]
+	for base := range bases {
 		if oldest == "" || base < oldest {
 			oldest = base
 		}
