@@ -73,10 +73,11 @@ func clusterLoad() (float64, time.Duration) {
 // below the default 20 s and lets the nodes fence within the 15 s loss.
 var quorumLease = leaseTiming{TTL: 8 * time.Second, Grace: 4 * time.Second, Margin: 2 * time.Second}
 
-// newClusterScenario is newScenario on the MinIO cluster, with the
-// form's size and the cluster's load; lease is the timing (zero: the
-// short timing of the single-server scenarios).
-func newClusterScenario(t *testing.T, mc *storetest.Cluster, name string, f clusterForm, lease leaseTiming) *scenario {
+// newClusterScenario is newScenario on a distributed store (the MinIO
+// cluster, the SeaweedFS cluster), with the form's size and the
+// cluster's load; lease is the timing (zero: the short timing of the
+// single-server scenarios).
+func newClusterScenario(t *testing.T, mc storeServer, name string, f clusterForm, lease leaseTiming) *scenario {
 	rate, work := clusterLoad()
 	s := newScenario(t, mc, name, clusterOptions{Work: work, Lease: lease})
 	s.entries, s.rate = f.entries, rate
@@ -108,22 +109,32 @@ func TestChaosMinIOCluster(t *testing.T) {
 	began := time.Now()
 	mc := storetest.StartCluster(t)
 	report.addf(t, "MinIO cluster: 4 servers, one pool, TLS, write quorum %s after the start", time.Since(began).Round(time.Millisecond))
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, mc *storetest.Cluster, f clusterForm)
-	}{
+	playScenarios(t, mc, form, []scenarioCase[*storetest.Cluster]{
 		{"c1-kill-node-and-minio-server", testClusterKillNode},
 		{"c2-minio-quorum-lost", testClusterQuorumLost},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			started := time.Now()
-			tc.run(t, mc, form)
-			report.addf(nil, "%s: scenario took %s", tc.name, time.Since(started).Round(100*time.Millisecond))
-		})
-	}
+	})
 	rate, work := clusterLoad()
 	report.addf(t, "chaos package: TestChaosMinIOCluster (%s form: %d messages a scenario at %v/s per node, %v a hop, %v quorum loss) took %s",
 		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
+}
+
+// scenarioCase is one scenario of a chaos test on a store server of
+// type S (a MinIO cluster, a SeaweedFS).
+type scenarioCase[S any] struct {
+	name string
+	run  func(t *testing.T, srv S, f clusterForm)
+}
+
+// playScenarios runs each case as a subtest on srv in form f, reporting
+// how long each took.
+func playScenarios[S any](t *testing.T, srv S, f clusterForm, cases []scenarioCase[S]) {
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			started := time.Now()
+			tc.run(t, srv, f)
+			report.addf(nil, "%s: scenario took %s", tc.name, time.Since(started).Round(100*time.Millisecond))
+		})
+	}
 }
 
 // restartOnCleanup starts the given servers again when the test ends, if
