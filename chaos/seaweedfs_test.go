@@ -53,9 +53,18 @@ func TestChaosSeaweedFS(t *testing.T) {
 		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
 }
 
-// testSeaweedKillNode is 1-kill-node on SeaweedFS.
+// testSeaweedKillNode is 1-kill-node on SeaweedFS, after `mmsidecar
+// check` on a node's configuration (through the balancer, so its racing
+// writers go through both gateways): it must find the store safe.
 func testSeaweedKillNode(t *testing.T, sw *storetest.SeaweedFS, f clusterForm) {
-	playKillNode(newClusterScenario(t, sw, "sw1-kill-node", f, leaseTiming{}), f.minBacklog)
+	s := newClusterScenario(t, sw, "sw1-kill-node", f, leaseTiming{})
+	out, took, err := runSidecarCheck(s.ctx, s.c.node("a"))
+	if err != nil {
+		t.Errorf("mmsidecar check on the SeaweedFS cluster failed after %s: %v\n%s", ms(took), err, out)
+	} else {
+		report.addf(t, "%s: `mmsidecar check` through both gateways: store is safe, in %s", s.name, ms(took))
+	}
+	playKillNode(s, f.minBacklog)
 }
 
 // testSeaweedFilersDown is 4-store-outage on SeaweedFS where the outage
