@@ -226,7 +226,7 @@ start_seaweedfs() {
 	WEED_ACCESS_KEY=mmsidecar
 	WEED_SECRET_KEY="test-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 	local dir="${TMP_DIR}/seaweedfs" attempt p_master p_volume p_filer p_s3
-	mkdir -p "${dir}"
+	mkdir -p "${dir}/data"
 	printf '{"identities":[{"name":"mmsidecar","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","List","Tagging","Write"]}]}\n' \
 		"${WEED_ACCESS_KEY}" "${WEED_SECRET_KEY}" >"${dir}/s3.json"
 	for attempt in 1 2 3; do
