@@ -76,10 +76,10 @@ var quorumLease = leaseTiming{TTL: 8 * time.Second, Grace: 4 * time.Second, Marg
 // newClusterScenario is newScenario on a distributed store (the MinIO
 // cluster, the SeaweedFS cluster), with the form's size and the
 // cluster's load; lease is the timing (zero: the short timing of the
-// single-server scenarios).
-func newClusterScenario(t *testing.T, mc storeServer, name string, f clusterForm, lease leaseTiming) *scenario {
+// single-server scenarios); env is added to every sidecar's environment.
+func newClusterScenario(t *testing.T, mc storeServer, name string, f clusterForm, lease leaseTiming, env ...string) *scenario {
 	rate, work := clusterLoad()
-	s := newScenario(t, mc, name, clusterOptions{Work: work, Lease: lease})
+	s := newScenario(t, mc, name, clusterOptions{Work: work, Lease: lease, Env: env})
 	s.entries, s.rate = f.entries, rate
 	return s
 }
