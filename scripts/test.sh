@@ -204,11 +204,16 @@ start_minio() {
 
 # weed_port prints a 127.0.0.1 port below 55535 that is free together
 # with port + 10000: every weed server also listens there for gRPC (and
-# crashes at start when that is above 65535).
+# crashes at start when that is above 65535). Both stay below the
+# kernel's ephemeral range, where an outgoing connection could take one.
 weed_port() {
-	local port
+	local port first hi=55535
+	read -r first _ </proc/sys/net/ipv4/ip_local_port_range || first=0
+	if ((first - 10000 > 11000)); then
+		hi=$((first - 10000))
+	fi
 	for _ in $(seq 1 50); do
-		port=$((20000 + RANDOM % 35000))
+		port=$((10000 + RANDOM % (hi - 10000)))
 		if ! ss -Htln "sport = :${port}" | grep -q . && ! ss -Htln "sport = :$((port + 10000))" | grep -q .; then
 			echo "${port}"
 			return

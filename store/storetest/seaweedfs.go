@@ -102,16 +102,39 @@ func FindWeed() (string, error) {
 // gRPC, and one given a port above 55535 crashes at start.
 const weedPortLimit = 55535
 
+// weedPortRange is where WeedPort picks: ports whose gRPC companion is
+// also below the kernel's ephemeral range (ip_local_port_range), so that
+// no outgoing connection of another process can take either between the
+// check and the server's start (seen: "bind: address already in use" on
+// a gateway's gRPC port).
+func weedPortRange() (lo, hi int) {
+	lo, hi = 10000, weedPortLimit
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var first, last int
+	if _, err := fmt.Sscan(string(b), &first, &last); err != nil {
+		return lo, hi
+	}
+	if first-10000 > lo+1000 {
+		return lo, first - 10000
+	}
+	return lo, hi
+}
+
 // WeedPort returns a 127.0.0.1 port below 55535 that was free a moment
-// ago, with its gRPC companion (port + 10000) free too, and that it has
-// not returned before in this process.
+// ago, with its gRPC companion (port + 10000) free too, both below the
+// ephemeral port range where it can, and that it has not returned
+// before in this process.
 func WeedPort() (int, error) {
+	lo, hi := weedPortRange()
 	for range 200 {
-		n, err := rand.Int(rand.Reader, big.NewInt(weedPortLimit-20000))
+		n, err := rand.Int(rand.Reader, big.NewInt(int64(hi-lo)))
 		if err != nil {
 			return 0, err
 		}
-		port := 20000 + int(n.Int64())
+		port := lo + int(n.Int64())
 		if !portFree(port) || !portFree(port+10000) {
 			continue
 		}
