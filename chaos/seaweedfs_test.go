@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,7 +89,7 @@ func testSeaweedKillNode(t *testing.T, sw *storetest.SeaweedFS, f clusterForm) {
 }
 
 // testSeaweedFilersDown is 4-store-outage on SeaweedFS where the outage
-// is both filers stopped (SIGTERM) and started again: the S3 gateways
+// is both filers stopped at once (SIGTERM) and started again: the S3 gateways
 // keep answering, with errors. Every node must fence, let the workers
 // process what is born meanwhile, take nothing over, and come back.
 func testSeaweedFilersDown(t *testing.T, sw *storetest.SeaweedFS, f clusterForm) {
@@ -105,10 +106,15 @@ func testSeaweedFilersDown(t *testing.T, sw *storetest.SeaweedFS, f clusterForm)
 	runOutage(t, s, storeOutage{
 		what:   "both SeaweedFS filers",
 		length: f.outage,
+		// Both at once: one after the other, the gateways fail over to
+		// the second filer while the first shuts down (3-4 s each), and
+		// the nodes' backlog is gone by the time they fence.
 		stop: func() {
+			var wg sync.WaitGroup
 			for _, fl := range sw.Filers {
-				fl.Stop()
+				wg.Go(fl.Stop)
 			}
+			wg.Wait()
 		},
 		start: func() {
 			for _, fl := range sw.Filers {
