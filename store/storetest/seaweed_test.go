@@ -12,7 +12,7 @@ import (
 
 // seaweedRounds is the racing tests' rounds on the SeaweedFS cluster
 // unless MMSIDECAR_STORETEST_ROUNDS says otherwise: a contended round of
-// 16 writers through two gateways takes 7-13 s there (docs/stores.md), so
+// 16 writers through two gateways takes up to 13 s there (docs/stores.md), so
 // the whole contract at 25 rounds would take over ten minutes.
 const seaweedRounds = 3
 
@@ -44,7 +44,7 @@ func TestSeaweedFSCluster(t *testing.T) {
 }
 
 // contendedTimeout is the request timeout of the cluster test's stores:
-// 16 conditional writers on one key through two gateways take up to 12 s
+// 16 conditional writers on one key through two gateways take up to 13 s
 // for the last answer, past the sidecar's default 10 s
 // (MMSIDECAR_S3_REQUEST_TIMEOUT); the test measures that latency and the
 // answers, so it waits for them.
