@@ -92,20 +92,7 @@ func newClusterScenario(t *testing.T, mc storeServer, name string, f clusterForm
 // runs (300 messages, 15 s), which the default test run (scripts/test.sh)
 // covers. MMSIDECAR_CHAOS_CLUSTER=off skips it.
 func TestChaosMinIOCluster(t *testing.T) {
-	form := shortClusterForm
-	if os.Getenv(envCluster) == "full" {
-		form = fullClusterForm
-	}
-	if os.Getenv(envCluster) == "off" {
-		t.Skipf("MINIO CLUSTER CHAOS SCENARIOS ARE OFF (%s=off): they did not run", envCluster)
-	}
-	if os.Getenv(storetest.EnvTestMinIO) == "off" {
-		t.Skipf("REAL-MINIO TESTS ARE OFF (%s=off): the MinIO cluster chaos scenarios did not run", storetest.EnvTestMinIO)
-	}
-	if err := ensureSidecar(); err != nil {
-		t.Fatalf("the sidecar binary could not be built: %v", err)
-	}
-	touchSources()
+	form := requireClusterChaos(t, envCluster, "MinIO cluster")
 	began := time.Now()
 	mc := storetest.StartCluster(t)
 	report.addf(t, "MinIO cluster: 4 servers, one pool, TLS, write quorum %s after the start", time.Since(began).Round(time.Millisecond))
@@ -116,6 +103,28 @@ func TestChaosMinIOCluster(t *testing.T) {
 	rate, work := clusterLoad()
 	report.addf(t, "chaos package: TestChaosMinIOCluster (%s form: %d messages a scenario at %v/s per node, %v a hop, %v quorum loss) took %s",
 		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
+}
+
+// requireClusterChaos returns the form that env asks for (short unless
+// "full"), skips loudly when env or MMSIDECAR_TEST_MINIO is off, and
+// builds the sidecar; what names the scenarios in messages.
+func requireClusterChaos(t *testing.T, env, what string) clusterForm {
+	t.Helper()
+	form := shortClusterForm
+	switch os.Getenv(env) {
+	case "off":
+		t.Skipf("%s CHAOS SCENARIOS ARE OFF (%s=off): they did not run", strings.ToUpper(what), env)
+	case "full":
+		form = fullClusterForm
+	}
+	if os.Getenv(storetest.EnvTestMinIO) == "off" {
+		t.Skipf("REAL-STORE TESTS ARE OFF (%s=off): the %s chaos scenarios did not run", storetest.EnvTestMinIO, what)
+	}
+	if err := ensureSidecar(); err != nil {
+		t.Fatalf("the sidecar binary could not be built: %v", err)
+	}
+	touchSources()
+	return form
 }
 
 // scenarioCase is one scenario of a chaos test on a store server of

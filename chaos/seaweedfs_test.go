@@ -1,7 +1,6 @@
 package chaos
 
 import (
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -47,20 +46,7 @@ func newSeaweedScenario(t *testing.T, sw *storetest.SeaweedFS, name string, f cl
 // a 15 s outage, at the cluster load) unless MMSIDECAR_CHAOS_SEAWEEDFS is
 // full (2,000 messages, 30 s) or off.
 func TestChaosSeaweedFS(t *testing.T) {
-	form := shortClusterForm
-	switch os.Getenv(envSeaweedFS) {
-	case "off":
-		t.Skipf("SEAWEEDFS CHAOS SCENARIOS ARE OFF (%s=off): they did not run", envSeaweedFS)
-	case "full":
-		form = fullClusterForm
-	}
-	if os.Getenv(storetest.EnvTestMinIO) == "off" {
-		t.Skipf("REAL-STORE TESTS ARE OFF (%s=off): the SeaweedFS chaos scenarios did not run", storetest.EnvTestMinIO)
-	}
-	if err := ensureSidecar(); err != nil {
-		t.Fatalf("the sidecar binary could not be built: %v", err)
-	}
-	touchSources()
+	form := requireClusterChaos(t, envSeaweedFS, "SeaweedFS")
 	began := time.Now()
 	sw := storetest.StartSeaweedCluster(t, storetest.SeaweedLayout{})
 	report.addf(t, "SeaweedFS cluster: 1 master, 3 volume servers (replication 001), 2 filers, 2 S3 gateways; writable %s after the start",
