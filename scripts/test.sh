@@ -356,8 +356,7 @@ main() {
 			go test -race -count=1 -p 1 -timeout 20m -v -run "${S3_SUITES}" "${S3_SUITE_PACKAGES[@]}" >"${weed_log}" 2>&1 || weed_rc=$?
 		weed_secs=$((SECONDS - weed_started))
 		grep -E '^(ok|FAIL|---|panic)' "${weed_log}" | grep -vE '^    ---' | tail -n 40
-		cat "${weed_log}" >>"${LOG_FILE}"
-		weed_line="$([[ ${weed_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${weed_rc})") in ${weed_secs}s; $(grep -cE '^ok[[:space:]]' "${weed_log}" || true) packages ok"
+		weed_line="$([[ ${weed_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${weed_rc})") in ${weed_secs}s; $(grep -cE '^ok[[:space:]]' "${weed_log}" || true) packages ok; log ${weed_log}"
 	fi
 	log "go vet -tags e2e ${PKG_ARGS[*]}"
 	go vet -tags e2e "${PKG_ARGS[@]}" 2>&1 | tee -a "${LOG_FILE}" || vet_rc=$?
