@@ -19,10 +19,10 @@ import (
 	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
-// progTB lets a program use storetest.StartMinIO, which is written for
-// tests: it implements the few testing.TB methods the harness calls
-// (the embedded nil TB is never reached) and turns Fatal into a panic
-// that startMinIO recovers.
+// progTB lets a program use storetest.StartMinIO and StartSeaweedFS,
+// which are written for tests: it implements the few testing.TB methods
+// the harness calls (the embedded nil TB is never reached) and turns
+// Fatal into a panic that startServer recovers.
 type progTB struct {
 	testing.TB
 	dir string
@@ -40,7 +40,7 @@ func (t *progTB) Name() string { return "bench" }
 func (t *progTB) TempDir() string {
 	t.mu.Lock()
 	t.n++
-	d := filepath.Join(t.dir, fmt.Sprintf("minio-%d", t.n))
+	d := filepath.Join(t.dir, fmt.Sprintf("server-%d", t.n))
 	t.mu.Unlock()
 	if err := os.MkdirAll(d, 0o755); err != nil {
 		panic(fatalError{err.Error()})
@@ -72,7 +72,20 @@ func (t *progTB) close() {
 
 // startMinIO starts a MinIO server of the program's own under dir; stop
 // kills it.
-func startMinIO(dir string, opts ...storetest.Option) (m *storetest.MinIO, stop func(), err error) {
+func startMinIO(dir string, opts ...storetest.Option) (*storetest.MinIO, func(), error) {
+	return startServer(dir, func(t testing.TB) *storetest.MinIO { return storetest.StartMinIO(t, opts...) })
+}
+
+// startSeaweedFS starts a one-process SeaweedFS (`weed server` with a
+// filer and an S3 gateway, storetest.StartSeaweedFS) of the program's
+// own under dir; stop kills it.
+func startSeaweedFS(dir string) (*storetest.SeaweedFS, func(), error) {
+	return startServer(dir, func(t testing.TB) *storetest.SeaweedFS { return storetest.StartSeaweedFS(t) })
+}
+
+// startServer runs one of storetest's Start functions as a program:
+// its Fatal becomes the error, and stop runs its cleanups.
+func startServer[T any](dir string, start func(testing.TB) T) (srv T, stop func(), err error) {
 	t := &progTB{dir: dir}
 	defer func() {
 		if r := recover(); r != nil {
@@ -81,17 +94,45 @@ func startMinIO(dir string, opts ...storetest.Option) (m *storetest.MinIO, stop 
 				panic(r)
 			}
 			t.close()
-			m, stop, err = nil, nil, errors.New(fe.msg)
+			var zero T
+			srv, stop, err = zero, nil, errors.New(fe.msg)
 		}
 	}()
-	m = storetest.StartMinIO(t, opts...)
-	return m, t.close, nil
+	return start(t), t.close, nil
 }
 
-// env is what every workload shares: the MinIO server, the recording
-// proxy in front of it, the binaries and a scratch directory.
+// benchStore is the store one pass of the run measures.
+type benchStore struct {
+	// name is the -stores name ("minio", "seaweedfs"); label is how
+	// the table's figures call it ("MinIO", "SeaweedFS").
+	name, label string
+	s3          *storetest.S3
+	// pids lists the store's processes, whose CPU time counts as the
+	// store's work.
+	pids func() []int
+}
+
+// cpu returns the CPU time the store's processes have used so far.
+func (b benchStore) cpu() (time.Duration, error) {
+	pids := b.pids()
+	if len(pids) == 0 {
+		return 0, fmt.Errorf("%s's process is not known", b.label)
+	}
+	var sum time.Duration
+	for _, pid := range pids {
+		ps, err := readProc(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += ps.CPU
+	}
+	return sum, nil
+}
+
+// env is what every workload shares: the store, the recording proxy in
+// front of it, the binaries and a scratch directory.
 type env struct {
-	minio   *storetest.MinIO
+	store   benchStore
 	proxy   *proxy
 	sidecar string // mmsidecar binary ("" with inproc)
 	inproc  bool
@@ -118,7 +159,7 @@ func (e *env) newBucket(ctx context.Context, what string) (string, *s3store.Stor
 	if len(name) > 63 {
 		name = name[:63]
 	}
-	cfg := e.minio.Config(name)
+	cfg := e.store.s3.Config(name)
 	s, err := s3store.New(cfg)
 	if err != nil {
 		return "", nil, err
@@ -132,6 +173,10 @@ func (e *env) newBucket(ctx context.Context, what string) (string, *s3store.Stor
 	}
 	if err != nil {
 		return "", nil, fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	// A new SeaweedFS bucket refuses writes until its volumes grow.
+	if err := storetest.WaitBucketWritable(cfg, time.Minute); err != nil {
+		return "", nil, fmt.Errorf("bucket %s: %w", name, err)
 	}
 	return name, s, nil
 }
@@ -327,32 +372,4 @@ func cleanEnv() []string {
 		out = append(out, kv)
 	}
 	return out
-}
-
-// spawner starts processes from one OS thread that never exits: the
-// parent-death signal fires when the forking thread dies, not the process.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-// spawn starts cmd from the spawner thread.
-func spawn(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread()
-			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
 }

@@ -53,7 +53,7 @@ func startInproc(ctx context.Context, e *env, o sidecarOpts) (*inprocSidecar, er
 		ttl, grace, margin = defaultTTL, defaultGrace, defaultMargin
 	}
 	reg := prometheus.NewRegistry()
-	raw, err := s3store.New(s3store.Config{Endpoint: e.endpoint(o), Bucket: o.Bucket, AccessKey: e.minio.AccessKey, SecretKey: e.minio.SecretKey})
+	raw, err := s3store.New(s3store.Config{Endpoint: e.endpoint(o), Bucket: o.Bucket, AccessKey: e.store.s3.AccessKey, SecretKey: e.store.s3.SecretKey})
 	if err != nil {
 		return nil, err
 	}

@@ -1,10 +1,13 @@
 // Command bench measures mmsidecar against the physical limit (bare
-// minio-go requests to the same MinIO) and against `mc mirror --watch`,
-// in one run, on a MinIO server of its own on 127.0.0.1, and prints a
+// minio-go requests to the same store) and against `mc mirror --watch`,
+// in one run, on a store server of its own on 127.0.0.1, and prints a
 // table of absolute figures and ratios:
 //
 //	go run ./bench           # the full run (about 20 minutes on 2 cores)
 //	go run ./bench -quick    # seconds per workload
+//	go run ./bench -stores minio,seaweedfs -only lag,hops,takeover,requests
+//	                         # the store column: the same workloads on
+//	                         # MinIO, then on SeaweedFS (`weed server`)
 //
 // Workloads: 1 mirror lag, 2 hop throughput, 3 store cost, 4 takeover,
 // 5 scale, 6 MinIO's CPU per request kind (what bounds a takeover). The
@@ -97,6 +100,7 @@ func mainErr() int {
 	memprofile := flag.String("memprofile", "", "write a heap profile of this process to `file` at the end (use with -inproc)")
 	sidecarBin := flag.String("sidecar", "", "mmsidecar binary to test (default: build cmd/mmsidecar)")
 	drives := flag.Int("drives", 1, "MinIO drives (4: an erasure set)")
+	stores := flag.String("stores", "minio", "comma-separated stores to run the workloads on, one after the other: minio, seaweedfs (a one-process `weed server` with a filer and an S3 gateway)")
 	keep := flag.Bool("keep", false, "keep the scratch directory (logs of every process)")
 	noMCInstall := flag.Bool("no-mc-install", false, "do not install mc when it is missing (the comparison is then left out)")
 	sidecarEnv := flag.String("sidecarenv", "", "comma-separated `K=V` pairs added to the sidecar binary's environment (e.g. MMSIDECAR_UPLOAD_CONCURRENCY=16,GOGC=200)")
@@ -132,7 +136,7 @@ func mainErr() int {
 		pprof.StartCPUProfile(f)
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
-	opts := runOptions{installMC: !*noMCInstall, only: *only, inproc: *inproc, sidecar: *sidecarBin, drives: *drives, keep: *keep, lagSystems: *lagSystems, sidecarEnv: *sidecarEnv}
+	opts := runOptions{installMC: !*noMCInstall, only: *only, stores: *stores, inproc: *inproc, sidecar: *sidecarBin, drives: *drives, keep: *keep, lagSystems: *lagSystems, sidecarEnv: *sidecarEnv}
 	t, err := run(ctx, c, opts, os.Stderr)
 	if *memprofile != "" {
 		if f, ferr := os.Create(*memprofile); ferr == nil {
@@ -165,6 +169,8 @@ type runOptions struct {
 	sidecarEnv string
 	// lagSystems is a comma-separated subset of limit, mmsidecar, mc.
 	lagSystems string
+	// stores is a comma-separated list of minio, seaweedfs.
+	stores string
 	// dir is the scratch directory; empty: a new temporary one.
 	dir string
 	// minio is a server to use instead of starting one (tests).
@@ -201,34 +207,11 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 			e.lagSystems[s] = true
 		}
 	}
-	m := o.minio
-	if m == nil {
-		if err := ensureMinIO(ctx, logf); err != nil {
-			return nil, err
-		}
-		var mopts []storetest.Option
-		if o.drives > 1 {
-			mopts = append(mopts, storetest.WithDrives(o.drives))
-		}
-		var stopMinIO func()
-		var err error
-		m, stopMinIO, err = startMinIO(dir, mopts...)
-		if err != nil {
-			return nil, fmt.Errorf("start MinIO: %w", err)
-		}
-		defer stopMinIO()
-	}
-	e.minio = m
-	p, err := startProxy(m.Endpoint)
-	if err != nil {
-		return nil, err
-	}
-	defer p.close()
-	e.proxy = p
 	if !o.inproc {
 		e.sidecar = o.sidecar
 		if e.sidecar == "" {
 			logf("building cmd/mmsidecar")
+			var err error
 			if e.sidecar, err = buildSidecar(ctx, dir); err != nil {
 				return nil, err
 			}
@@ -246,9 +229,77 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 	if e.mc == "" {
 		logf("mc comparison skipped: %s", e.mcWhy)
 	}
-	logf("MinIO %s (%d drive(s)) behind proxy %s; sidecar %s; mc %q", m.Endpoint, max(o.drives, 1), p.addr, map[bool]string{true: "in-process", false: e.sidecar}[o.inproc], e.mc)
-
 	t := &table{}
+	stores := o.stores
+	if stores == "" {
+		stores = "minio"
+	}
+	var firstErr error
+	for _, name := range strings.Split(stores, ",") {
+		name = strings.TrimSpace(name)
+		if ctx.Err() != nil {
+			break
+		}
+		if err := runStore(ctx, e, c, o, name, t); err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr == nil {
+		firstErr = ctx.Err()
+	}
+	return t, firstErr
+}
+
+// runStore starts the named store, runs the selected workloads on it
+// with its name in the table's store column, and stops it.
+func runStore(ctx context.Context, e *env, c config, o runOptions, name string, t *table) error {
+	logf := e.log
+	switch name {
+	case "minio":
+		m := o.minio
+		if m == nil {
+			if err := ensureMinIO(ctx, logf); err != nil {
+				return err
+			}
+			var mopts []storetest.Option
+			if o.drives > 1 {
+				mopts = append(mopts, storetest.WithDrives(o.drives))
+			}
+			var stopMinIO func()
+			var err error
+			m, stopMinIO, err = startMinIO(e.dir, mopts...)
+			if err != nil {
+				return fmt.Errorf("start MinIO: %w", err)
+			}
+			defer stopMinIO()
+		}
+		e.store = benchStore{name: name, label: "MinIO",
+			s3:   &storetest.S3{Name: name, Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey},
+			pids: func() []int { return nonZero(m.PID()) }}
+		logf("MinIO %s (%d drive(s))", m.Endpoint, max(o.drives, 1))
+	case "seaweedfs":
+		if _, err := storetest.FindWeed(); err != nil {
+			return fmt.Errorf("seaweedfs: %w", err)
+		}
+		sw, stopWeed, err := startSeaweedFS(e.dir)
+		if err != nil {
+			return fmt.Errorf("start SeaweedFS: %w", err)
+		}
+		defer stopWeed()
+		e.store = benchStore{name: name, label: "SeaweedFS", s3: sw.S3, pids: sw.PIDs}
+		logf("SeaweedFS %s (one `weed server` process: master, volume server, filer, S3 gateway)", sw.Endpoint)
+	default:
+		return fmt.Errorf("-stores: unknown store %q (want minio or seaweedfs)", name)
+	}
+	p, err := startProxy(e.store.s3.Endpoint)
+	if err != nil {
+		return err
+	}
+	defer p.close()
+	e.proxy = p
+	t.setStore(name)
+	logf("%s behind proxy %s; sidecar %s; mc %q", e.store.label, p.addr, map[bool]string{true: "in-process", false: e.sidecar}[o.inproc], e.mc)
+
 	want := map[string]bool{}
 	for _, w := range strings.Split(o.only, ",") {
 		want[strings.TrimSpace(w)] = true
@@ -269,19 +320,24 @@ func run(ctx context.Context, c config, o runOptions, logw io.Writer) (*table, e
 		if !want[s.name] || ctx.Err() != nil {
 			continue
 		}
-		logf("=== %s", s.name)
+		logf("=== %s on %s", s.name, name)
 		if err := s.f(ctx, e, c, t); err != nil {
-			logf("%s failed: %v", s.name, err)
+			logf("%s on %s failed: %v", s.name, name, err)
 			t.add(row{Workload: s.name, Figure: "error", Sidecar: firstLine(err.Error())})
 			if firstErr == nil {
-				firstErr = fmt.Errorf("%s: %w", s.name, err)
+				firstErr = fmt.Errorf("%s on %s: %w", s.name, name, err)
 			}
 		}
 	}
-	if firstErr == nil {
-		firstErr = ctx.Err()
+	return firstErr
+}
+
+// nonZero lists pid unless it is 0 (a process that is not running).
+func nonZero(pid int) []int {
+	if pid == 0 {
+		return nil
 	}
-	return t, firstErr
+	return []int{pid}
 }
 
 func firstLine(s string) string {

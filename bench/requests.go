@@ -104,17 +104,16 @@ func forN(ctx context.Context, n int, f func(int) error) error {
 
 // requestCost is one kind's figures.
 type requestCost struct {
-	cpu  time.Duration // MinIO CPU per request
+	cpu  time.Duration // the store's CPU per request
 	rate float64       // requests per second
 }
 
 // measureRequests runs every kind n times against a fresh bucket (the
-// sidecar's own store client, straight to MinIO) and reads MinIO's CPU
-// time around each.
+// sidecar's own store client, straight to the store) and reads the
+// store's CPU time around each.
 func measureRequests(ctx context.Context, e *env, n int) ([]requestCost, error) {
-	pid := e.minio.PID()
-	if pid <= 0 {
-		return nil, fmt.Errorf("MinIO's process is not known")
+	if _, err := e.store.cpu(); err != nil {
+		return nil, err
 	}
 	_, s, err := e.newBucket(ctx, "requests")
 	if err != nil {
@@ -122,7 +121,7 @@ func measureRequests(ctx context.Context, e *env, n int) ([]requestCost, error) 
 	}
 	out := make([]requestCost, len(requestKinds))
 	for i, k := range requestKinds {
-		p0, err := readProc(pid)
+		c0, err := e.store.cpu()
 		if err != nil {
 			return nil, err
 		}
@@ -131,16 +130,16 @@ func measureRequests(ctx context.Context, e *env, n int) ([]requestCost, error) 
 			return nil, fmt.Errorf("%s: %w", k.name, err)
 		}
 		took := time.Since(t0)
-		p1, err := readProc(pid)
+		c1, err := e.store.cpu()
 		if err != nil {
 			return nil, err
 		}
-		out[i] = requestCost{cpu: (p1.CPU - p0.CPU) / time.Duration(n), rate: float64(n) / took.Seconds()}
+		out[i] = requestCost{cpu: (c1 - c0) / time.Duration(n), rate: float64(n) / took.Seconds()}
 	}
 	return out, nil
 }
 
-// runRequests measures MinIO's CPU per request kind: what a takeover's
+// runRequests measures the store's CPU per request kind: what a takeover's
 // restore costs the store per entry, and so the shortest restore this
 // machine allows.
 func runRequests(ctx context.Context, e *env, c config, t *table) error {
@@ -151,19 +150,19 @@ func runRequests(ctx context.Context, e *env, c config, t *table) error {
 	var perEntry time.Duration
 	for i, k := range requestKinds {
 		r := costs[i]
-		e.log("requests: %s: MinIO %s CPU per request, %.0f/s at concurrency %d", k.name, ms(r.cpu), r.rate, requestConcurrency)
-		t.add(row2("6 requests", k.name, fmt.Sprintf("MinIO %s CPU per request (%.0f/s at concurrency %d)", ms(r.cpu), r.rate, requestConcurrency)))
+		e.log("requests: %s: %s %s CPU per request, %.0f/s at concurrency %d", k.name, e.store.label, ms(r.cpu), r.rate, requestConcurrency)
+		t.add(row2("6 requests", k.name, fmt.Sprintf("%s %s CPU per request (%.0f/s at concurrency %d)", e.store.label, ms(r.cpu), r.rate, requestConcurrency)))
 		perEntry += r.cpu
 	}
 	floor := perEntry * 10000 / time.Duration(runtime.NumCPU())
-	t.add(row2("6 requests", "MinIO CPU per restored entry (claim + GET + mirror PUT + listed + deleted)",
-		fmt.Sprintf("%s: 10,000 entries take ≥ %s of MinIO's work alone on %d cores", ms(perEntry), secs(floor), runtime.NumCPU())))
+	t.add(row2("6 requests", e.store.label+" CPU per restored entry (claim + GET + mirror PUT + listed + deleted)",
+		fmt.Sprintf("%s: 10,000 entries take ≥ %s of %s's work alone on %d cores", ms(perEntry), secs(floor), e.store.label, runtime.NumCPU())))
 	create, open, err := fileCosts(e, c.requestCount)
 	if err != nil {
 		return err
 	}
 	e.log("requests: this disk: creating a file costs %s of CPU, opening an existing one %s", ms(create), ms(open))
-	t.add(row2("6 requests", "CPU to create a file / open an existing one, on this disk (each new object costs MinIO a create)",
+	t.add(row2("6 requests", "CPU to create a file / open an existing one, on this disk (each new object costs MinIO a create; SeaweedFS appends to a volume)",
 		fmt.Sprintf("%s / %s", ms(create), ms(open))))
 	return nil
 }

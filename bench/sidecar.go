@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // sidecarOpts configures one sidecar under test.
@@ -25,7 +27,7 @@ type sidecarOpts struct {
 	Bucket   string
 	// TTL, Grace and Margin override the lease timing (zero: defaults).
 	TTL, Grace, Margin time.Duration
-	// Direct connects the sidecar to MinIO itself, not through the
+	// Direct connects the sidecar to the store itself, not through the
 	// bench's proxy: for workloads that time nothing at the proxy, so
 	// that the proxy's CPU and hop are not part of what they measure.
 	Direct bool
@@ -36,7 +38,7 @@ type sidecarOpts struct {
 // endpoint is the S3 endpoint a sidecar started with o uses.
 func (e *env) endpoint(o sidecarOpts) string {
 	if o.Direct {
-		return e.minio.Endpoint
+		return e.store.s3.Endpoint
 	}
 	return e.proxy.addr
 }
@@ -100,8 +102,8 @@ func startBinary(e *env, o sidecarOpts) (*binarySidecar, error) {
 		"MMSIDECAR_QUEUE_DIR="+o.QueueDir,
 		"MMSIDECAR_S3_ENDPOINT="+e.endpoint(o),
 		"MMSIDECAR_S3_BUCKET="+o.Bucket,
-		"MMSIDECAR_S3_ACCESS_KEY="+e.minio.AccessKey,
-		"MMSIDECAR_S3_SECRET_KEY="+e.minio.SecretKey,
+		"MMSIDECAR_S3_ACCESS_KEY="+e.store.s3.AccessKey,
+		"MMSIDECAR_S3_SECRET_KEY="+e.store.s3.SecretKey,
 		"MMSIDECAR_LISTEN_ADDR="+addr,
 		"MMSIDECAR_LOG_FORMAT=json",
 		"MMSIDECAR_LOG_LEVEL=info",
@@ -115,7 +117,7 @@ func startBinary(e *env, o sidecarOpts) (*binarySidecar, error) {
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
+	if err := storetest.Spawn(cmd); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start sidecar %s: %w", o.Node, err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // mirrorSys is one way of mirroring a queue directory into the store:
@@ -87,7 +88,7 @@ type bareJob struct{ path, name string }
 
 func newMinIOClient(e *env) (*minio.Client, error) {
 	return minio.New(e.proxy.addr, &minio.Options{
-		Creds:  credentials.NewStaticV4(e.minio.AccessKey, e.minio.SecretKey, ""),
+		Creds:  credentials.NewStaticV4(e.store.s3.AccessKey, e.store.s3.SecretKey, ""),
 		Region: "us-east-1",
 	})
 }
@@ -177,10 +178,10 @@ func (m *mcSys) spawnMC() (*exec.Cmd, chan struct{}, error) {
 	cmd := exec.Command(m.e.mc, "mirror", "--watch", "--remove", "--exclude", "*.tmp", "--quiet", "--no-color",
 		m.root+"/", "bench/"+m.bucket+"/mc/")
 	cmd.Env = append(cleanEnv(), "MC_CONFIG_DIR="+cfgDir,
-		fmt.Sprintf("MC_HOST_bench=http://%s:%s@%s", m.e.minio.AccessKey, m.e.minio.SecretKey, m.e.proxy.addr))
+		fmt.Sprintf("MC_HOST_bench=http://%s:%s@%s", m.e.store.s3.AccessKey, m.e.store.s3.SecretKey, m.e.proxy.addr))
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
+	if err := storetest.Spawn(cmd); err != nil {
 		lf.Close()
 		return nil, nil, fmt.Errorf("start mc: %w", err)
 	}

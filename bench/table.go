@@ -12,6 +12,9 @@ import (
 
 // row is one line of the result table. Empty cells print as "–".
 type row struct {
+	// Store is the store the row was measured on (the -stores name);
+	// the table fills it in.
+	Store    string
 	Workload string
 	Figure   string
 	Sidecar  string // mmsidecar's figure
@@ -26,8 +29,16 @@ type row struct {
 
 // table collects rows as workloads finish; safe for concurrent use.
 type table struct {
-	mu   sync.Mutex
-	rows []row
+	mu    sync.Mutex
+	rows  []row
+	store string // the Store of rows added from now on
+}
+
+// setStore names the store of the rows added from now on.
+func (t *table) setStore(name string) {
+	t.mu.Lock()
+	t.store = name
+	t.mu.Unlock()
 }
 
 func (t *table) add(r row) {
@@ -35,6 +46,9 @@ func (t *table) add(r row) {
 		r.Load = loadAvg()
 	}
 	t.mu.Lock()
+	if r.Store == "" {
+		r.Store = t.store
+	}
 	t.rows = append(t.rows, r)
 	t.mu.Unlock()
 }
@@ -48,10 +62,10 @@ func (t *table) all() []row {
 
 // print writes the table as Markdown.
 func (t *table) print(w io.Writer) {
-	head := []string{"workload", "figure", "mmsidecar", "limit (bare PUT)", "mc mirror", "sidecar/limit", "sidecar/mc", "target", "met", "load1"}
+	head := []string{"store", "workload", "figure", "mmsidecar", "limit (bare PUT)", "mc mirror", "sidecar/limit", "sidecar/mc", "target", "met", "load1"}
 	lines := [][]string{head}
 	for _, r := range t.all() {
-		lines = append(lines, []string{r.Workload, r.Figure, r.Sidecar, r.Limit, r.MC, r.VsLimit, r.VsMC, r.Target, r.Met, fmt.Sprintf("%.1f", r.Load)})
+		lines = append(lines, []string{r.Store, r.Workload, r.Figure, r.Sidecar, r.Limit, r.MC, r.VsLimit, r.VsMC, r.Target, r.Met, fmt.Sprintf("%.1f", r.Load)})
 	}
 	width := make([]int, len(head))
 	for _, l := range lines {

@@ -117,7 +117,7 @@ type takeoverResult struct {
 	ops              map[string]float64
 	uploadSetup      time.Duration
 	completed        bool
-	// cpu is what MinIO and the survivors used from the kill to the end
+	// cpu is what the store and the survivors used from the kill to the end
 	// of the poll.
 	cpu      cpuSample
 	requests float64
@@ -256,9 +256,9 @@ func runTakeoverCase(ctx context.Context, e *env, c config, n, survivors int) (t
 	return res, nil
 }
 
-// cpuSample is the CPU time MinIO and the survivors have used so far; -1
-// where it cannot be read (in-process survivors have no process).
-type cpuSample struct{ minio, survivors time.Duration }
+// cpuSample is the CPU time the store and the survivors have used so
+// far; -1 where it cannot be read (in-process survivors have no process).
+type cpuSample struct{ store, survivors time.Duration }
 
 // sub is the CPU used between b and s; -1 where either is unknown.
 func (s cpuSample) sub(b cpuSample) cpuSample {
@@ -268,17 +268,15 @@ func (s cpuSample) sub(b cpuSample) cpuSample {
 		}
 		return x - y
 	}
-	return cpuSample{d(s.minio, b.minio), d(s.survivors, b.survivors)}
+	return cpuSample{d(s.store, b.store), d(s.survivors, b.survivors)}
 }
 
-// takeoverCPU samples MinIO's and the survivors' CPU time: what bounds a
-// restore on a machine they share.
+// takeoverCPU samples the store's and the survivors' CPU time: what
+// bounds a restore on a machine they share.
 func takeoverCPU(e *env, scs []sidecar) cpuSample {
-	s := cpuSample{minio: -1, survivors: -1}
-	if pid := e.minio.PID(); pid > 0 {
-		if ps, err := readProc(pid); err == nil {
-			s.minio = ps.CPU
-		}
+	s := cpuSample{store: -1, survivors: -1}
+	if c, err := e.store.cpu(); err == nil {
+		s.store = c
 	}
 	var sum time.Duration
 	for _, sc := range scs {
@@ -293,17 +291,18 @@ func takeoverCPU(e *env, scs []sidecar) cpuSample {
 }
 
 // cpuRow describes where the CPU of a takeover went, and the shortest
-// restore MinIO's share alone allows on this machine's cores.
-func (r takeoverResult) cpuRow() string {
-	if r.cpu.minio < 0 {
-		return "not measured (MinIO's process is not known)"
+// restore the store's share alone allows on this machine's cores; label
+// names the store.
+func (r takeoverResult) cpuRow(label string) string {
+	if r.cpu.store < 0 {
+		return "not measured (" + label + "'s process is not known)"
 	}
-	out := fmt.Sprintf("MinIO %s (%.2f ms per request)", secs(r.cpu.minio), r.cpu.minio.Seconds()*1000/max(r.requests, 1))
+	out := fmt.Sprintf("%s %s (%.2f ms per request)", label, secs(r.cpu.store), r.cpu.store.Seconds()*1000/max(r.requests, 1))
 	if r.cpu.survivors >= 0 {
 		out += fmt.Sprintf(", survivors %s", secs(r.cpu.survivors))
 	}
-	floor := r.cpu.minio / time.Duration(runtime.NumCPU())
-	return out + fmt.Sprintf("; MinIO's work alone on %d cores: ≥ %s of restore", runtime.NumCPU(), secs(floor))
+	floor := r.cpu.store / time.Duration(runtime.NumCPU())
+	return out + fmt.Sprintf("; %s's work alone on %d cores: ≥ %s of restore", label, runtime.NumCPU(), secs(floor))
 }
 
 // runTakeover runs every count with every number of survivors.
@@ -316,7 +315,7 @@ func runTakeover(ctx context.Context, e *env, c config, t *table) error {
 				return err
 			}
 			e.log("takeover: %d entries, %d survivors: detect %s, all restored %s (%d restored, %d on two nodes, split %v), %.2f requests per entry (%s); CPU %s",
-				n, k, secs(r.detect), secs(r.total), r.restored, r.dups, r.perSurvivor, r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))), r.cpuRow())
+				n, k, secs(r.detect), secs(r.total), r.restored, r.dups, r.perSurvivor, r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))), r.cpuRow(e.store.label))
 			bound := r.ttl + r.grace + 20*time.Second
 			restore := time.Duration(-1)
 			if r.total >= 0 && r.detect >= 0 {
@@ -338,7 +337,7 @@ func runTakeover(ctx context.Context, e *env, c config, t *table) error {
 			t.add(row)
 			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "store requests per restored entry (survivors)",
 				fmt.Sprintf("%.2f (%s)", r.requestsPerEntry, formatOps(r.ops, float64(max(r.restored, 1))))))
-			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "CPU, kill → all restored", r.cpuRow()))
+			t.add(row2(fmt.Sprintf("4 takeover %d entries, %d survivors", n, k), "CPU, kill → all restored", r.cpuRow(e.store.label)))
 		}
 	}
 	return nil

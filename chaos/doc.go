@@ -39,11 +39,23 @@
 // lease TTL: MinIO refuses some writes for 10-20 s after its quorum
 // returns (docs/minio-cluster.md).
 //
+// TestChaosSeaweedFS plays two scenarios against a distributed SeaweedFS
+// (storetest.StartSeaweedCluster: one master, three volume servers with
+// replication 001, two filers, two S3 gateways behind a balancer), in the
+// short form and at the load of the MinIO cluster scenarios:
+//
+//	sw1-kill-node    `mmsidecar check` through both gateways, then
+//	                 1-kill-node
+//	sw2-filers-down  4-store-outage where both filers are stopped (the
+//	                 gateways keep answering, with errors) and started
+//
 // Environment:
 //
 //	MMSIDECAR_CHAOS=1       run TestChaos (scripts/test.sh sets it); otherwise it skips
 //	MMSIDECAR_CHAOS_CLUSTER=off   skip TestChaosMinIOCluster (loudly)
 //	MMSIDECAR_CHAOS_CLUSTER=full  its full form instead of the shortened one
+//	MMSIDECAR_CHAOS_SEAWEEDFS=off   skip TestChaosSeaweedFS (loudly)
+//	MMSIDECAR_CHAOS_SEAWEEDFS=full  its 2,000-message form
 //	MMSIDECAR_CHAOS_LONG=1  add the 10,000-entry takeover
 //	MMSIDECAR_CHAOS_RATE    injection rate per node, entries/s (default 50)
 //	MMSIDECAR_CHAOS_WORK    time an entry spends in flight per hop (default 30ms)

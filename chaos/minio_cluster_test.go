@@ -73,12 +73,13 @@ func clusterLoad() (float64, time.Duration) {
 // below the default 20 s and lets the nodes fence within the 15 s loss.
 var quorumLease = leaseTiming{TTL: 8 * time.Second, Grace: 4 * time.Second, Margin: 2 * time.Second}
 
-// newClusterScenario is newScenario on the MinIO cluster, with the
-// form's size and the cluster's load; lease is the timing (zero: the
-// short timing of the single-server scenarios).
-func newClusterScenario(t *testing.T, mc *storetest.Cluster, name string, f clusterForm, lease leaseTiming) *scenario {
+// newClusterScenario is newScenario on a distributed store (the MinIO
+// cluster, the SeaweedFS cluster), with the form's size and the
+// cluster's load; lease is the timing (zero: the short timing of the
+// single-server scenarios); env is added to every sidecar's environment.
+func newClusterScenario(t *testing.T, mc storeServer, name string, f clusterForm, lease leaseTiming, env ...string) *scenario {
 	rate, work := clusterLoad()
-	s := newScenario(t, mc, name, clusterOptions{Work: work, Lease: lease})
+	s := newScenario(t, mc, name, clusterOptions{Work: work, Lease: lease, Env: env})
 	s.entries, s.rate = f.entries, rate
 	return s
 }
@@ -91,39 +92,58 @@ func newClusterScenario(t *testing.T, mc *storetest.Cluster, name string, f clus
 // runs (300 messages, 15 s), which the default test run (scripts/test.sh)
 // covers. MMSIDECAR_CHAOS_CLUSTER=off skips it.
 func TestChaosMinIOCluster(t *testing.T) {
+	form := requireClusterChaos(t, envCluster, "MinIO cluster")
+	began := time.Now()
+	mc := storetest.StartCluster(t)
+	report.addf(t, "MinIO cluster: 4 servers, one pool, TLS, write quorum %s after the start", time.Since(began).Round(time.Millisecond))
+	playScenarios(t, mc, form, []scenarioCase[*storetest.Cluster]{
+		{"c1-kill-node-and-minio-server", testClusterKillNode},
+		{"c2-minio-quorum-lost", testClusterQuorumLost},
+	})
+	rate, work := clusterLoad()
+	report.addf(t, "chaos package: TestChaosMinIOCluster (%s form: %d messages a scenario at %v/s per node, %v a hop, %v quorum loss) took %s",
+		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
+}
+
+// requireClusterChaos returns the form that env asks for (short unless
+// "full"), skips loudly when env or MMSIDECAR_TEST_MINIO is off, and
+// builds the sidecar; what names the scenarios in messages.
+func requireClusterChaos(t *testing.T, env, what string) clusterForm {
+	t.Helper()
 	form := shortClusterForm
-	if os.Getenv(envCluster) == "full" {
+	switch os.Getenv(env) {
+	case "off":
+		t.Skipf("%s CHAOS SCENARIOS ARE OFF (%s=off): they did not run", strings.ToUpper(what), env)
+	case "full":
 		form = fullClusterForm
 	}
-	if os.Getenv(envCluster) == "off" {
-		t.Skipf("MINIO CLUSTER CHAOS SCENARIOS ARE OFF (%s=off): they did not run", envCluster)
-	}
 	if os.Getenv(storetest.EnvTestMinIO) == "off" {
-		t.Skipf("REAL-MINIO TESTS ARE OFF (%s=off): the MinIO cluster chaos scenarios did not run", storetest.EnvTestMinIO)
+		t.Skipf("REAL-STORE TESTS ARE OFF (%s=off): the %s chaos scenarios did not run", storetest.EnvTestMinIO, what)
 	}
 	if err := ensureSidecar(); err != nil {
 		t.Fatalf("the sidecar binary could not be built: %v", err)
 	}
 	touchSources()
-	began := time.Now()
-	mc := storetest.StartCluster(t)
-	report.addf(t, "MinIO cluster: 4 servers, one pool, TLS, write quorum %s after the start", time.Since(began).Round(time.Millisecond))
-	for _, tc := range []struct {
-		name string
-		run  func(t *testing.T, mc *storetest.Cluster, f clusterForm)
-	}{
-		{"c1-kill-node-and-minio-server", testClusterKillNode},
-		{"c2-minio-quorum-lost", testClusterQuorumLost},
-	} {
+	return form
+}
+
+// scenarioCase is one scenario of a chaos test on a store server of
+// type S (a MinIO cluster, a SeaweedFS).
+type scenarioCase[S any] struct {
+	name string
+	run  func(t *testing.T, srv S, f clusterForm)
+}
+
+// playScenarios runs each case as a subtest on srv in form f, reporting
+// how long each took.
+func playScenarios[S any](t *testing.T, srv S, f clusterForm, cases []scenarioCase[S]) {
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			started := time.Now()
-			tc.run(t, mc, form)
+			tc.run(t, srv, f)
 			report.addf(nil, "%s: scenario took %s", tc.name, time.Since(started).Round(100*time.Millisecond))
 		})
 	}
-	rate, work := clusterLoad()
-	report.addf(t, "chaos package: TestChaosMinIOCluster (%s form: %d messages a scenario at %v/s per node, %v a hop, %v quorum loss) took %s",
-		form.name, form.entries, rate, work, form.outage, time.Since(began).Round(time.Second))
 }
 
 // restartOnCleanup starts the given servers again when the test ends, if

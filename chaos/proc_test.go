@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
 // proc is a child process the test started and owns: it is killed by PID
@@ -35,7 +36,7 @@ func startProc(t testing.TB, name, path string, args, env []string, logPath stri
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
+	if err := storetest.Spawn(cmd); err != nil {
 		logf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -50,33 +51,6 @@ func startProc(t testing.TB, name, path string, args, env []string, logPath stri
 	}()
 	t.Cleanup(p.kill)
 	return p, nil
-}
-
-// spawner starts processes from one OS thread that never exits: the
-// parent-death signal fires when the forking thread dies, not the process.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func spawn(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread()
-			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
 }
 
 // pid returns the process id.

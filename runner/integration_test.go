@@ -45,7 +45,7 @@ const (
 var itKills = []time.Duration{10 * time.Second, 20 * time.Second}
 
 // TestIssue2MirrorUnderLoad runs a Mailman-shaped producer and workers at
-// itRate entries/s for itDuration against real MinIO, with the mirror in a
+// itRate entries/s for itDuration against a real S3 store, with the mirror in a
 // separate process that is SIGKILLed twice and restarted on the same
 // directories. The store must never miss a live entry for longer than the
 // lag bound, and must end up holding exactly the live entries.
@@ -53,7 +53,8 @@ func TestIssue2MirrorUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test: 30 s against real MinIO")
 	}
-	mi := storetest.Shared(t)
+	// Any S3 engine: MMSIDECAR_TEST_S3_* (the shared MinIO without it).
+	mi := storetest.SharedS3(t)
 	s3cfg := mi.Config(mi.NewBucket(t))
 	st, err := s3store.New(s3cfg)
 	if err != nil {

@@ -1,20 +1,31 @@
 #!/usr/bin/env bash
-# Run the whole mmsidecar test suite against a real MinIO.
+# Run the whole mmsidecar test suite against a real MinIO, then the
+# engine-neutral suites again against a real SeaweedFS.
 #
 #   scripts/test.sh                           # go test -race ./...
 #   scripts/test.sh -run Contract ./store/... # extra args go to `go test`
 #
 # Works as root on a fresh Debian 12 with Go at /usr/local/go, and is safe
 # to run again: it installs only what is missing (Debian packages, the
-# pinned MinIO build under ~/.cache/mmsidecar/bin), starts one MinIO on a
-# random 127.0.0.1 port with a throw-away data directory, runs the tests
-# with the environment the suites read, and always stops that MinIO.
+# pinned MinIO and SeaweedFS builds under ~/.cache/mmsidecar/bin), starts
+# one MinIO on a random 127.0.0.1 port with a throw-away data directory,
+# runs the tests with the environment the suites read, then starts one
+# SeaweedFS (`weed server` with a filer and an S3 gateway) and runs the
+# store contract, the safety probe, `mmsidecar check` and the runner's
+# integration test against it (on a whole run, or with
+# MMSIDECAR_TEST_SEAWEEDFS=1). It always stops both servers.
 set -euo pipefail
 
 MINIO_MODULE=github.com/minio/minio
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 CACHE_BIN="${HOME}/.cache/mmsidecar/bin"
 MINIO_BIN="${CACHE_BIN}/minio"
+# The pinned SeaweedFS (issue 24): a version with conditional DELETE
+# (seaweedfs#8802). Its go.mod has replace directives, so `go install`
+# refuses it: install_weed builds ./weed inside a copy of the module.
+WEED_MODULE=github.com/seaweedfs/seaweedfs
+WEED_VERSION=v0.0.0-20261109003541-7506e5f91cd6
+WEED_BIN="${CACHE_BIN}/weed"
 LOG_FILE="${HOME}/.cache/mmsidecar/last-test.log"
 E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
 # The end-to-end test (./e2e, build tag e2e) writes its scenario table
@@ -31,6 +42,7 @@ export PATH="/usr/local/go/bin:${PATH}"
 
 TMP_DIR=""
 MINIO_PID=""
+WEED_PID=""
 POLICY_RC_CREATED=""
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
@@ -47,6 +59,11 @@ cleanup() {
 		done
 		kill -KILL "${MINIO_PID}" 2>/dev/null || true
 		wait "${MINIO_PID}" 2>/dev/null || true
+	fi
+	if [[ -n "${WEED_PID}" ]] && kill -0 "${WEED_PID}" 2>/dev/null; then
+		log "stopping SeaweedFS (pid ${WEED_PID})"
+		kill -KILL "${WEED_PID}" 2>/dev/null || true
+		wait "${WEED_PID}" 2>/dev/null || true
 	fi
 	if [[ -n "${TMP_DIR}" ]]; then
 		rm -rf "${TMP_DIR}"
@@ -112,6 +129,34 @@ install_minio() {
 	printf '%s@%s\n' "${MINIO_MODULE}" "${MINIO_VERSION}" >"${CACHE_BIN}/minio.version"
 }
 
+# install_weed builds the pinned SeaweedFS server unless the cached binary
+# is that version (weed.version beside it, written after a good build):
+# the module from the Go module proxy, copied to a writable directory
+# (the module cache is read-only), `go build ./weed` there. About 7
+# minutes of CPU, once per machine.
+install_weed() {
+	local want="${WEED_MODULE}@${WEED_VERSION}"
+	if [[ -x "${WEED_BIN}" && "$(cat "${WEED_BIN}.version" 2>/dev/null)" == "${want}" ]]; then
+		log "SeaweedFS ${WEED_VERSION}: cached at ${WEED_BIN}"
+		return
+	fi
+	log "building SeaweedFS ${WEED_VERSION} into ${CACHE_BIN} (takes several minutes)"
+	mkdir -p "${CACHE_BIN}"
+	local src build
+	src="$(cd / && GOFLAGS= go mod download -json "${want}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+	[[ -n "${src}" && -f "${src}/go.mod" ]] || die "go mod download ${want}: no module directory"
+	build="$(mktemp -d /tmp/mmsidecar-weed-build.XXXXXX)"
+	cp -R "${src}/." "${build}/"
+	chmod -R u+w "${build}"
+	if ! (cd "${build}" && GOFLAGS=-buildvcs=false go build -o "${WEED_BIN}.new" ./weed); then
+		rm -rf "${build}" "${WEED_BIN}.new"
+		die "go build ./weed of ${want} failed"
+	fi
+	rm -rf "${build}"
+	mv -f "${WEED_BIN}.new" "${WEED_BIN}"
+	printf '%s\n' "${want}" >"${WEED_BIN}.version"
+}
+
 # free_port prints a 127.0.0.1 TCP port nothing listens on.
 free_port() {
 	local port
@@ -160,6 +205,73 @@ start_minio() {
 	die "MinIO did not start (log above)"
 }
 
+# weed_port prints a 127.0.0.1 port below 55535 that is free together
+# with port + 10000: every weed server also listens there for gRPC (and
+# crashes at start when that is above 65535). Both stay below the
+# kernel's ephemeral range, where an outgoing connection could take one.
+weed_port() {
+	local port first hi=55535
+	read -r first _ </proc/sys/net/ipv4/ip_local_port_range || first=0
+	if ((first - 10000 > 11000)); then
+		hi=$((first - 10000))
+	fi
+	for _ in $(seq 1 50); do
+		port=$((10000 + RANDOM % (hi - 10000)))
+		if ! ss -Htln "sport = :${port}" | grep -q . && ! ss -Htln "sport = :$((port + 10000))" | grep -q .; then
+			echo "${port}"
+			return
+		fi
+	done
+	die "no free TCP port pair found"
+}
+
+# start_seaweedfs starts one `weed server` with a filer and an S3 gateway
+# (the settings of storetest.StartSeaweedFS) and waits until the gateway
+# answers a signed ListBuckets. New buckets still refuse writes ("No
+# writable volumes") until their volumes have grown: the suites wait for
+# a first write on every bucket they create.
+start_seaweedfs() {
+	WEED_ACCESS_KEY=mmsidecar
+	WEED_SECRET_KEY="test-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+	local dir="${TMP_DIR}/seaweedfs" attempt p_master p_volume p_filer p_s3
+	mkdir -p "${dir}/data"
+	printf '{"identities":[{"name":"mmsidecar","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","List","Tagging","Write"]}]}\n' \
+		"${WEED_ACCESS_KEY}" "${WEED_SECRET_KEY}" >"${dir}/s3.json"
+	for attempt in 1 2 3; do
+		p_master="$(weed_port)" p_volume="$(weed_port)" p_filer="$(weed_port)" p_s3="$(weed_port)"
+		WEED_ENDPOINT="127.0.0.1:${p_s3}"
+		(cd "${dir}" && exec "${WEED_BIN}" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="${dir}/data" \
+			-master.port="${p_master}" -master.peers=none -master.telemetry=false -master.volumeSizeLimitMB=100 \
+			-volume.port="${p_volume}" -volume.max=0 -volume.preStopSeconds=0 \
+			-filer -filer.port="${p_filer}" \
+			-s3 -s3.port="${p_s3}" -s3.config="${dir}/s3.json" -s3.port.iceberg=0 -s3.port.lance=0) \
+			>>"${dir}/weed.log" 2>&1 &
+		WEED_PID=$!
+		for _ in $(seq 1 600); do
+			if ! kill -0 "${WEED_PID}" 2>/dev/null; then
+				break
+			fi
+			if curl -sf -o /dev/null --max-time 2 --aws-sigv4 "aws:amz:us-east-1:s3" \
+				--user "${WEED_ACCESS_KEY}:${WEED_SECRET_KEY}" "http://${WEED_ENDPOINT}/"; then
+				log "SeaweedFS serving at ${WEED_ENDPOINT} (pid ${WEED_PID}, data ${dir})"
+				return
+			fi
+			sleep 0.1
+		done
+		kill -KILL "${WEED_PID}" 2>/dev/null || true
+		wait "${WEED_PID}" 2>/dev/null || true
+		WEED_PID=""
+		log "SeaweedFS attempt ${attempt} failed"
+	done
+	tail -n 40 "${dir}/weed.log" >&2 || true
+	die "SeaweedFS did not start (log above)"
+}
+
+# The engine-neutral suites: what scripts/test.sh runs again against
+# SeaweedFS. Each reads its endpoint from MMSIDECAR_TEST_S3_*.
+S3_SUITES='^(TestContract|TestS3EndpointIsSafe|TestCheckS3Endpoint|TestIssue2MirrorUnderLoad)$'
+S3_SUITE_PACKAGES=(./store/s3store ./store/probe ./cmd/mmsidecar ./runner)
+
 # split_args sets GO_TEST_ARGS to the arguments, adding ./... when none of
 # them names packages, and PKG_ARGS to the package patterns alone.
 split_args() {
@@ -183,10 +295,19 @@ main() {
 	cd "${REPO_ROOT}"
 	install_packages
 	install_minio
+	install_weed
 	start_minio
 
 	export MMSIDECAR_MINIO_BIN="${MINIO_BIN}"
+	export MMSIDECAR_WEED_BIN="${WEED_BIN}"
 	export MMSIDECAR_TEST_MINIO=require
+	# The MinIO: for the tests of MinIO itself (storetest.Shared) ...
+	export MMSIDECAR_TEST_MINIO_ENDPOINT="${MINIO_ENDPOINT}"
+	export MMSIDECAR_TEST_MINIO_ACCESS_KEY="${MINIO_ACCESS_KEY}"
+	export MMSIDECAR_TEST_MINIO_SECRET_KEY="${MINIO_SECRET_KEY}"
+	# ... and, in the first pass, for the engine-neutral suites
+	# (storetest.SharedS3); the second pass points these at SeaweedFS.
+	export MMSIDECAR_TEST_S3_NAME=minio
 	export MMSIDECAR_TEST_S3_ENDPOINT="${MINIO_ENDPOINT}"
 	export MMSIDECAR_TEST_S3_ACCESS_KEY="${MINIO_ACCESS_KEY}"
 	export MMSIDECAR_TEST_S3_SECRET_KEY="${MINIO_SECRET_KEY}"
@@ -197,6 +318,9 @@ main() {
 	# their short form (1.5 to 4 minutes): full runs the 2,000-message
 	# form, off skips them (loudly).
 	export MMSIDECAR_CHAOS_CLUSTER="${MMSIDECAR_CHAOS_CLUSTER:-short}"
+	# The chaos scenarios on a distributed SeaweedFS (issue 24), short
+	# form: full runs the 2,000-message form, off skips them (loudly).
+	export MMSIDECAR_CHAOS_SEAWEEDFS="${MMSIDECAR_CHAOS_SEAWEEDFS:-short}"
 	export MMSIDECAR_E2E_REPORT="${E2E_REPORT}"
 
 	split_args "$@"
@@ -222,6 +346,21 @@ main() {
 		cat "${sim_log}" >>"${LOG_FILE}"
 		sim_line="$([[ ${sim_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${sim_rc})"); $(grep -oE '[0-9]+ seeds in [^;]*' "${sim_log}" | tail -n 1)"
 	fi
+	local weed_rc=0 weed_line="not run (packages given; MMSIDECAR_TEST_SEAWEEDFS=1 runs it)" weed_secs=0
+	if [[ "${MMSIDECAR_TEST_SEAWEEDFS:-}" == 1 ]] || [[ ${#GO_TEST_ARGS[@]} -eq 1 && "${GO_TEST_ARGS[0]}" == ./... ]]; then
+		start_seaweedfs
+		local weed_started=$SECONDS weed_log="${LOG_FILE%.log}-seaweedfs.log"
+		log "SeaweedFS pass: go test -race -p 1 -run '${S3_SUITES}' ${S3_SUITE_PACKAGES[*]}"
+		# 8 racing rounds instead of 25: a contended round of 16
+		# writers takes seconds on SeaweedFS (docs/stores.md).
+		MMSIDECAR_STORETEST_ROUNDS="${MMSIDECAR_STORETEST_ROUNDS:-8}" \
+			MMSIDECAR_TEST_S3_NAME=seaweedfs MMSIDECAR_TEST_S3_ENDPOINT="${WEED_ENDPOINT}" \
+			MMSIDECAR_TEST_S3_ACCESS_KEY="${WEED_ACCESS_KEY}" MMSIDECAR_TEST_S3_SECRET_KEY="${WEED_SECRET_KEY}" \
+			go test -race -count=1 -p 1 -timeout 20m -v -run "${S3_SUITES}" "${S3_SUITE_PACKAGES[@]}" >"${weed_log}" 2>&1 || weed_rc=$?
+		weed_secs=$((SECONDS - weed_started))
+		grep -E '^(ok|FAIL|---|panic)' "${weed_log}" | grep -vE '^    ---' | tail -n 40
+		weed_line="$([[ ${weed_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${weed_rc})") in ${weed_secs}s; $(grep -cE '^ok[[:space:]]' "${weed_log}" || true) packages ok; log ${weed_log}"
+	fi
 	log "go vet -tags e2e ${PKG_ARGS[*]}"
 	go vet -tags e2e "${PKG_ARGS[@]}" 2>&1 | tee -a "${LOG_FILE}" || vet_rc=$?
 
@@ -229,6 +368,7 @@ main() {
 	echo "==================== mmsidecar test summary ===================="
 	echo "go test:  $([[ ${test_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${test_rc})")  in ${test_secs}s"
 	echo "simulator (5,000 seeds, no -race): ${sim_line}"
+	echo "SeaweedFS (contract, probe, check, runner integration): ${weed_line}"
 	echo "go vet:   $([[ ${vet_rc} -eq 0 ]] && echo PASS || echo "FAIL (exit ${vet_rc})")"
 	echo "packages: $(grep -cE '^ok[[:space:]]' "${LOG_FILE}" || true) ok, $(grep -cE '^FAIL[[:space:]]' "${LOG_FILE}" || true) failed, $(grep -cE '^\?[[:space:]]' "${LOG_FILE}" || true) without tests"
 	# Only when go test failed: passing tests may echo a child's "--- FAIL"
@@ -237,7 +377,8 @@ main() {
 		echo "failed tests:"
 		grep -E '^[[:space:]]*--- FAIL' "${LOG_FILE}" | sed 's/^/  /'
 	fi
-	echo "MinIO:    ${MINIO_ENDPOINT} (${MINIO_VERSION}); E2E=${MMSIDECAR_E2E} CHAOS=${MMSIDECAR_CHAOS} CHAOS_CLUSTER=${MMSIDECAR_CHAOS_CLUSTER}"
+	echo "SeaweedFS: ${WEED_ENDPOINT:-not started} (${WEED_VERSION})"
+	echo "MinIO:    ${MINIO_ENDPOINT} (${MINIO_VERSION}); E2E=${MMSIDECAR_E2E} CHAOS=${MMSIDECAR_CHAOS} CHAOS_CLUSTER=${MMSIDECAR_CHAOS_CLUSTER} CHAOS_SEAWEEDFS=${MMSIDECAR_CHAOS_SEAWEEDFS}"
 	if [[ -s "${E2E_REPORT}" ]]; then
 		echo "end-to-end scenarios (${E2E_REPORT}):"
 		sed 's/^/  /' "${E2E_REPORT}"
@@ -245,7 +386,7 @@ main() {
 	echo "log:      ${LOG_FILE}"
 	echo "total:    $((SECONDS - started))s"
 	echo "================================================================"
-	[[ ${test_rc} -eq 0 && ${vet_rc} -eq 0 && ${sim_rc} -eq 0 ]]
+	[[ ${test_rc} -eq 0 && ${vet_rc} -eq 0 && ${sim_rc} -eq 0 && ${weed_rc} -eq 0 ]]
 }
 
 main "$@"

@@ -95,8 +95,11 @@ func TestCheckEmbeddedStore(t *testing.T) {
 	wantSafeRun(t, checkEnv(t))
 }
 
-func TestCheckMinIO(t *testing.T) {
-	m := storetest.Shared(t)
+// TestCheckS3Endpoint runs check against the S3 endpoint of the
+// environment (MMSIDECAR_TEST_S3_*: any engine; the shared MinIO
+// without it).
+func TestCheckS3Endpoint(t *testing.T) {
+	m := storetest.SharedS3(t)
 	bucket := m.NewBucket(t)
 	s3 := func(kv ...string) map[string]string {
 		return checkEnv(t, append([]string{

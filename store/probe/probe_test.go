@@ -105,8 +105,11 @@ func TestDirstoreIsSafe(t *testing.T) {
 	checkSafeRun(t, s, Options{Prefix: "mm/"})
 }
 
-func TestMinIOIsSafe(t *testing.T) {
-	checkSafeRun(t, storetest.Shared(t).Store(t), Options{Prefix: "mm/"})
+// TestS3EndpointIsSafe runs the probe against the S3 endpoint of the
+// environment (MMSIDECAR_TEST_S3_*: any engine; the shared MinIO
+// without it).
+func TestS3EndpointIsSafe(t *testing.T) {
+	checkSafeRun(t, storetest.SharedS3(t).Store(t), Options{Prefix: "mm/"})
 }
 
 // condFilter rewrites the condition of every Put: a store that ignores

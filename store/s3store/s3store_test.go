@@ -19,8 +19,11 @@ import (
 	"github.com/mmsidecar/mmsidecar/store/storetest"
 )
 
+// TestContract runs the contract against the S3 endpoint of the
+// environment (MMSIDECAR_TEST_S3_*: any engine; the shared MinIO
+// without it).
 func TestContract(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return storetest.Shared(t).Store(t) })
+	storetest.Run(t, func(t *testing.T) store.Store { return storetest.SharedS3(t).Store(t) })
 }
 
 // TestContractErasureSet runs the contract on a 4-drive erasure set, the

@@ -123,7 +123,8 @@ func newCluster(t testing.TB, bin, dir string, o clusterOptions) (*Cluster, erro
 		}
 		c.servers = append(c.servers, &MinIO{
 			AccessKey: c.AccessKey, SecretKey: c.SecretKey,
-			t: t, bin: bin, logPath: filepath.Join(sdir, "minio.log"), owned: true, caFile: c.caFile,
+			t: t, owned: true, caFile: c.caFile,
+			proc: process{name: fmt.Sprintf("MinIO server %d", i+1), bin: bin, logPath: filepath.Join(sdir, "minio.log")},
 		})
 	}
 	if c.lb, err = newBalancer(); err != nil {
@@ -149,11 +150,11 @@ func (c *Cluster) configure() error {
 	}
 	for i, m := range c.servers {
 		m.Endpoint = endpoints[i]
-		m.args = append([]string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(c.dir, "certs")}, volumes...)
+		m.proc.args = append([]string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(c.dir, "certs")}, volumes...)
 		// In a container MinIO takes no loopback address for its own
 		// unless told which endpoint is local (it waits for DNS to give a
 		// routable one); outside a container it goes by the port.
-		m.env = minioEnv(c.AccessKey, c.SecretKey, rootDiskSetting, "_MINIO_SERVER_LOCAL="+m.Endpoint)
+		m.proc.env = minioEnv(c.AccessKey, c.SecretKey, rootDiskSetting, "_MINIO_SERVER_LOCAL="+m.Endpoint)
 	}
 	c.lb.setBackends(endpoints)
 	return nil
@@ -186,7 +187,7 @@ func (c *Cluster) startFresh() error {
 			return err
 		}
 		for _, m := range c.servers {
-			os.Remove(m.logPath)
+			os.Remove(m.proc.logPath)
 		}
 		if cerr := c.configure(); cerr != nil {
 			return cerr
@@ -201,7 +202,7 @@ func (c *Cluster) startFresh() error {
 func (c *Cluster) startAll() error {
 	exited := make([]<-chan struct{}, len(c.servers))
 	for i, m := range c.servers {
-		ch, err := m.launch()
+		ch, err := m.proc.launch()
 		if err != nil {
 			return err
 		}
@@ -235,7 +236,7 @@ func (c *Cluster) shutdown() {
 func (c *Cluster) logTails() string {
 	var b strings.Builder
 	for i, m := range c.servers {
-		fmt.Fprintf(&b, "--- server %d (%s) %s ---\n%s\n", i+1, m.Endpoint, m.logPath, tail(m.logPath))
+		fmt.Fprintf(&b, "--- server %d (%s) %s ---\n%s\n", i+1, m.Endpoint, m.proc.logPath, tail(m.proc.logPath))
 	}
 	return b.String()
 }

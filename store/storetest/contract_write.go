@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -201,35 +202,55 @@ func race(t *testing.T, round int, write func(i int) error) int {
 
 func testRacingCreators(t *testing.T, s store.Store) {
 	ctx := ctxFor(t)
+	var took []time.Duration
+	defer func() { logRounds(t, took) }()
 	for round := range rounds(t) {
 		key := fmt.Sprintf("race/create/%03d", round)
 		bodies := make([][]byte, Racers)
 		for i := range bodies {
 			bodies[i] = unique(fmt.Sprintf("round %d writer %d", round, i))
 		}
+		began := time.Now()
 		w := race(t, round, func(i int) error {
 			_, err := store.PutBytes(ctx, s, key, bodies[i], store.Condition{IfAbsent: true})
 			return err
 		})
+		took = append(took, time.Since(began))
 		wantBody(t, s, key, bodies[w])
 	}
+}
+
+// logRounds logs how long the racing rounds took: a store that
+// serializes contended conditional writes slowly shows it here.
+func logRounds(t *testing.T, took []time.Duration) {
+	if len(took) == 0 {
+		return
+	}
+	sorted := slices.Clone(took)
+	slices.Sort(sorted)
+	t.Logf("%d rounds of %d racing writers: median %s, slowest %s", len(took), Racers,
+		sorted[len(sorted)/2].Round(time.Millisecond), sorted[len(sorted)-1].Round(time.Millisecond))
 }
 
 func testRacingCAS(t *testing.T, s store.Store) {
 	ctx := ctxFor(t)
 	const key = "race/cas"
 	cur := mustPut(t, s, key, unique("seed"), store.Condition{IfAbsent: true})
+	var took []time.Duration
+	defer func() { logRounds(t, took) }()
 	for round := range rounds(t) {
 		bodies := make([][]byte, Racers)
 		infos := make([]store.Info, Racers)
 		for i := range bodies {
 			bodies[i] = unique(fmt.Sprintf("round %d writer %d", round, i))
 		}
+		began := time.Now()
 		w := race(t, round, func(i int) error {
 			var err error
 			infos[i], err = store.PutBytes(ctx, s, key, bodies[i], store.Condition{IfMatch: cur.ETag})
 			return err
 		})
+		took = append(took, time.Since(began))
 		if got := wantBody(t, s, key, bodies[w]); got.ETag != infos[w].ETag {
 			t.Fatalf("round %d: stored etag %s, winner got %s", round, got.ETag, infos[w].ETag)
 		}

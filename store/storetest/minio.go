@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,11 +22,12 @@ const (
 	// EnvTestMinIO set to "off" skips real-MinIO tests (loudly); anything
 	// else, or unset, makes a missing or broken MinIO fail them.
 	EnvTestMinIO = "MMSIDECAR_TEST_MINIO"
-	// EnvEndpoint, EnvAccessKey and EnvSecretKey name a running MinIO
-	// (started by scripts/test.sh) that Shared uses instead of its own.
-	EnvEndpoint  = "MMSIDECAR_TEST_S3_ENDPOINT"
-	EnvAccessKey = "MMSIDECAR_TEST_S3_ACCESS_KEY"
-	EnvSecretKey = "MMSIDECAR_TEST_S3_SECRET_KEY"
+	// EnvMinIOEndpoint, EnvMinIOAccessKey and EnvMinIOSecretKey name a
+	// running MinIO (started by scripts/test.sh) that Shared uses instead
+	// of its own, for the tests of MinIO itself.
+	EnvMinIOEndpoint  = "MMSIDECAR_TEST_MINIO_ENDPOINT"
+	EnvMinIOAccessKey = "MMSIDECAR_TEST_MINIO_ACCESS_KEY"
+	EnvMinIOSecretKey = "MMSIDECAR_TEST_MINIO_SECRET_KEY"
 )
 
 // MinIOVersion is the module version of the MinIO server the tests need
@@ -48,18 +47,10 @@ type MinIO struct {
 	// AccessKey and SecretKey are the root credentials.
 	AccessKey, SecretKey string
 
-	t       testing.TB // fails Start/Stop errors; nil for a shared server
-	bin     string
-	args    []string
-	env     []string
-	logPath string
-	owned   bool   // false for a server the test script runs
-	caFile  string // the CA that signed its certificate; empty for plain HTTP
-
-	mu     sync.Mutex
-	cmd    *exec.Cmd
-	exited chan struct{}
-	paused bool
+	t      testing.TB // fails Start/Stop errors; nil for a shared server
+	owned  bool       // false for a server the test script runs
+	caFile string     // the CA that signed its certificate; empty for plain HTTP
+	proc   process
 }
 
 // Option configures StartMinIO.
@@ -101,7 +92,7 @@ var shared struct {
 }
 
 // Shared returns the MinIO every test of the binary shares: the one the
-// test script started (MMSIDECAR_TEST_S3_*), else one this binary starts
+// test script started (MMSIDECAR_TEST_MINIO_*), else one this binary starts
 // on first use and that dies with it. Tests must not stop or pause it; they
 // get a fresh bucket each with NewBucket or Store.
 func Shared(t testing.TB) *MinIO {
@@ -116,13 +107,13 @@ func Shared(t testing.TB) *MinIO {
 
 // startShared returns the script's MinIO or starts one for this process.
 func startShared() (*MinIO, error) {
-	if ep := os.Getenv(EnvEndpoint); ep != "" {
-		m := &MinIO{Endpoint: ep, AccessKey: os.Getenv(EnvAccessKey), SecretKey: os.Getenv(EnvSecretKey)}
+	if ep := os.Getenv(EnvMinIOEndpoint); ep != "" {
+		m := &MinIO{Endpoint: ep, AccessKey: os.Getenv(EnvMinIOAccessKey), SecretKey: os.Getenv(EnvMinIOSecretKey)}
 		if m.AccessKey == "" || m.SecretKey == "" {
-			return nil, fmt.Errorf("%s is set but %s or %s is empty", EnvEndpoint, EnvAccessKey, EnvSecretKey)
+			return nil, fmt.Errorf("%s is set but %s or %s is empty", EnvMinIOEndpoint, EnvMinIOAccessKey, EnvMinIOSecretKey)
 		}
 		if err := m.waitLive(nil, readyTimeout); err != nil {
-			return nil, fmt.Errorf("MinIO at %s=%s: %w", EnvEndpoint, ep, err)
+			return nil, fmt.Errorf("MinIO at %s=%s: %w", EnvMinIOEndpoint, ep, err)
 		}
 		return m, nil
 	}
@@ -175,19 +166,11 @@ func FindMinIO() (string, error) { return findMinIO() }
 // findMinIO locates the minio binary: $MMSIDECAR_MINIO_BIN, then
 // $HOME/.cache/mmsidecar/bin/minio, then the PATH.
 func findMinIO() (string, error) {
-	if p := os.Getenv(EnvMinIOBin); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("MinIO binary %s=%s: %w (set %s=off to skip real-MinIO tests)", EnvMinIOBin, p, err, EnvTestMinIO)
-		}
-		return p, nil
+	p, err := findBinary(EnvMinIOBin, "minio")
+	if err != nil {
+		return "", fmt.Errorf("%w (set %s=off to skip real-MinIO tests)", err, EnvTestMinIO)
 	}
-	if home, err := os.UserHomeDir(); err == nil {
-		p := filepath.Join(home, ".cache", "mmsidecar", "bin", "minio")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath("minio"); err == nil {
+	if p != "" {
 		return p, nil
 	}
 	return "", fmt.Errorf("MinIO server binary not found (tried $%s, $HOME/.cache/mmsidecar/bin/minio, PATH): "+
@@ -213,16 +196,15 @@ func newMinIO(bin, dir string, opts ...Option) (*MinIO, error) {
 		Endpoint:  fmt.Sprintf("127.0.0.1:%d", port),
 		AccessKey: "mmsidecar",
 		SecretKey: "secret-" + strings.ToLower(rand.Text()),
-		bin:       bin,
-		logPath:   filepath.Join(dir, "minio.log"),
 		owned:     true,
+		proc:      process{name: "MinIO", bin: bin, logPath: filepath.Join(dir, "minio.log")},
 	}
-	m.args = []string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(dir, "certs"), data}
+	m.proc.args = []string{"server", "--quiet", "--address", m.Endpoint, "--certs-dir", filepath.Join(dir, "certs"), data}
 	var extra []string
 	if o.drives > 1 {
 		extra = append(extra, rootDiskSetting)
 	}
-	m.env = minioEnv(m.AccessKey, m.SecretKey, extra...)
+	m.proc.env = minioEnv(m.AccessKey, m.SecretKey, extra...)
 	return m, nil
 }
 
@@ -249,7 +231,7 @@ func minioEnv(accessKey, secretKey string, extra ...string) []string {
 func (m *MinIO) startFresh() error {
 	var err error
 	for range 3 {
-		if err = m.start(); err == nil || !strings.Contains(tail(m.logPath), "address already in use") {
+		if err = m.start(); err == nil || !strings.Contains(tail(m.proc.logPath), "address already in use") {
 			return err
 		}
 		port, perr := FreePort()
@@ -258,9 +240,9 @@ func (m *MinIO) startFresh() error {
 		}
 		old := m.Endpoint
 		m.Endpoint = fmt.Sprintf("127.0.0.1:%d", port)
-		for i, a := range m.args {
+		for i, a := range m.proc.args {
 			if a == old {
-				m.args[i] = m.Endpoint
+				m.proc.args[i] = m.Endpoint
 			}
 		}
 	}
@@ -269,7 +251,7 @@ func (m *MinIO) startFresh() error {
 
 // start runs the server process and waits until it serves.
 func (m *MinIO) start() error {
-	exited, err := m.launch()
+	exited, err := m.proc.launch()
 	if err != nil {
 		return err
 	}
@@ -282,65 +264,7 @@ func (m *MinIO) start() error {
 
 // startError describes a server that did not come up, with its log.
 func (m *MinIO) startError(err error) error {
-	return fmt.Errorf("MinIO (%s %s) did not come up: %w\n--- %s ---\n%s", m.bin, strings.Join(m.args, " "), err, m.logPath, tail(m.logPath))
-}
-
-// launch starts the server process without waiting for it to serve; the
-// returned channel closes when the process exits.
-func (m *MinIO) launch() (<-chan struct{}, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.cmd != nil {
-		return nil, errors.New("MinIO is already running")
-	}
-	logf, err := os.OpenFile(m.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("MinIO log: %w", err)
-	}
-	cmd := exec.Command(m.bin, m.args...)
-	cmd.Env = m.env
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// The server dies with the test binary, even when it is killed.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := spawn(cmd); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("start MinIO %s: %w", m.bin, err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		logf.Close()
-		close(exited)
-	}()
-	m.cmd, m.exited, m.paused = cmd, exited, false
-	return exited, nil
-}
-
-// spawner starts processes from one OS thread that never exits: the
-// parent-death signal fires when the forking thread dies, not the process.
-var spawner struct {
-	once sync.Once
-	reqs chan spawnReq
-}
-
-type spawnReq struct {
-	cmd  *exec.Cmd
-	done chan error
-}
-
-func spawn(cmd *exec.Cmd) error {
-	spawner.once.Do(func() {
-		spawner.reqs = make(chan spawnReq)
-		go func() {
-			runtime.LockOSThread()
-			for r := range spawner.reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	spawner.reqs <- spawnReq{cmd: cmd, done: done}
-	return <-done
+	return fmt.Errorf("MinIO (%s %s) did not come up: %w\n--- %s ---\n%s", m.proc.bin, strings.Join(m.proc.args, " "), err, m.proc.logPath, tail(m.proc.logPath))
 }
 
 // waitLive polls the server's liveness endpoint until the object layer
@@ -374,41 +298,16 @@ func healthClient(caFile string) (*http.Client, error) {
 // waitHealth polls a MinIO health URL until it answers 200 from an
 // initialised server, exited closes, or the deadline passes.
 func waitHealth(client *http.Client, url string, exited <-chan struct{}, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
+	return pollReady(exited, timeout, 50*time.Millisecond, func(ctx context.Context) (error, error) {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Minio-Server-Status") != "offline" {
-				return nil
-			}
-			last = fmt.Errorf("health: %s (server status %q)", resp.Status, resp.Header.Get("X-Minio-Server-Status"))
-		} else {
-			last = err
+		if err != nil {
+			return nil, err
 		}
-		select {
-		case <-exited:
-			return errors.New("the server process exited")
-		case <-ctx.Done():
-			return fmt.Errorf("not ready after %s: %w", timeout, last)
-		case <-tick.C:
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && resp.Header.Get("X-Minio-Server-Status") != "offline" {
+			return nil, nil
 		}
-	}
-}
-
-// tail returns the end of a log file.
-func tail(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "(no log: " + err.Error() + ")"
-	}
-	if len(b) > 4000 {
-		b = b[len(b)-4000:]
-	}
-	return string(b)
+		return nil, fmt.Errorf("health: %s (server status %q)", resp.Status, resp.Header.Get("X-Minio-Server-Status"))
+	})
 }

@@ -1,7 +1,10 @@
 // Package storetest is the contract every store.Store implementation must
 // meet, as one test suite (Run, RunConditional), and a harness that runs
-// real MinIO servers for tests: one server (StartMinIO, Shared) or a
-// distributed MinIO over TLS with a throwaway CA (StartCluster, NewCA).
+// real stores for tests: any S3 endpoint the environment names
+// (SharedS3, MMSIDECAR_TEST_S3_*), one MinIO server (StartMinIO, Shared)
+// or a distributed MinIO over TLS with a throwaway CA (StartCluster,
+// NewCA), and SeaweedFS as one process (StartSeaweedFS) or distributed
+// (StartSeaweedCluster) behind the same TCP balancer.
 //
 // One rule the suite cannot check but every key layout must keep: no key
 // may also be the "directory" of another (objects "a" and "a/b"). MinIO
