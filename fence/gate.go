@@ -178,6 +178,21 @@ func (k *gateKeeper) setDeny(es []Entry) bool {
 	return changed
 }
 
+// undeny takes es off the deny list; it reports whether it changed. It
+// leaves entries denied meanwhile alone.
+func (k *gateKeeper) undeny(es []Entry) bool {
+	k.state.Lock()
+	defer k.state.Unlock()
+	changed := false
+	for _, e := range es {
+		if k.deny[e] {
+			delete(k.deny, e)
+			changed = true
+		}
+	}
+	return changed
+}
+
 // denied lists the denied entries.
 func (k *gateKeeper) denied() []Entry {
 	k.state.Lock()
@@ -268,36 +283,49 @@ func (n *Node) publishGate() error {
 // the last attempt to publish one failed.
 func (n *Node) RunnerGate() (RunnerGate, bool) { return n.gate.current() }
 
-// tendDeny keeps the deny list to entries still here as a .bak: one that
-// Mailman's recovery brought back as a .pck is held and dropped (a peer
-// owns it), one that is gone leaves the list.
+// tendDeny keeps the deny list to entries still here as a .bak that a
+// peer owns: one that Mailman's recovery brought back as a .pck is held
+// and dropped, one that is gone leaves the list, and so does one that
+// this node has taken over again since (a takeover of the peer, or its
+// handoff): that one stays where it is, for the runners.
 func (n *Node) tendDeny(ctx context.Context) {
 	denied := n.gate.denied()
 	if len(denied) == 0 {
 		return
 	}
-	var keep []Entry
+	var off []Entry
 	for _, e := range denied {
+		if !n.local.Has(e) {
+			off = append(off, e)
+			continue
+		}
+		c, _, found, err := n.readClaim(ctx, e)
+		if err != nil {
+			n.log.Warn("denied entry: claim not read", "entry", e.String(), "err", err)
+			continue
+		}
+		if found && c.Owner == n.cfg.Node {
+			n.log.Info("denied entry is this node's again: admitted", "entry", e.String(), "epoch", c.Epoch, "token", c.Token)
+			off = append(off, e)
+			continue
+		}
 		held, err := n.local.Hold(e)
 		if err != nil {
 			n.log.Warn("denied entry not held", "entry", e.String(), "err", err)
-			keep = append(keep, e)
 			continue
 		}
-		if held {
-			if err := n.local.Drop(e); err != nil {
-				n.log.Warn("denied entry not dropped", "entry", e.String(), "err", err)
-			} else {
-				n.m.settled.WithLabelValues("dropped").Inc()
-				n.log.Info("entry taken over by a peer came back as a .pck: dropped", "entry", e.String())
-			}
+		if !held {
+			continue // in flight
+		}
+		off = append(off, e)
+		if err := n.local.Drop(e); err != nil {
+			n.log.Warn("denied entry not dropped", "entry", e.String(), "err", err)
 			continue
 		}
-		if n.local.Has(e) {
-			keep = append(keep, e)
-		}
+		n.m.settled.WithLabelValues("dropped").Inc()
+		n.log.Info("entry taken over by a peer came back as a .pck: dropped", "entry", e.String())
 	}
-	if n.gate.setDeny(keep) {
+	if n.gate.undeny(off) {
 		_ = n.publishGate()
 	}
 }

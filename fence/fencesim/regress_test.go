@@ -89,6 +89,14 @@ var regressions = []struct {
 	// on node2 (G2). Fixed in lease.go: acquire reports a death when the
 	// new lease's DeadEpoch is above the one the node last held.
 	{name: "gate-lease-lost-answer-forgets-death", seed: 1271, opt: Options{RunnerGate: true}},
+	// With the runner gate. node1, declared dead while down, denied
+	// out/#71 to its runners (node3 had taken it over; node1 still had it
+	// as a .bak, which Mailman's recovery made a .pck again). node3 died
+	// in turn and node1 took #71 back, in place; the deny list still said
+	// a peer owned it, so node1 held and dropped its only queued copy,
+	// and the entry never ran again (G5). Fixed in gate.go: a denied
+	// entry whose claim is this node's again leaves the list and stays.
+	{name: "gate-denied-entry-taken-back", seed: 8637, opt: Options{RunnerGate: true}},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.
