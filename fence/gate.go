@@ -348,7 +348,8 @@ type Cutoffs struct {
 	// Since: while settling, entries born after it are admitted. It is
 	// the cutoff at the node's last death.
 	Since time.Time
-	// Settling: the last record admitted only entries born after Since.
+	// Settling: the last record admitted only entries born after Since,
+	// or was closed while the node was settling.
 	Settling bool
 }
 
@@ -370,10 +371,14 @@ func (c Cutoffs) Next(g RunnerGate, now, floor time.Time) Cutoffs {
 	if floor.After(next.Cutoff) {
 		next.Cutoff = floor
 	}
-	next.Settling = g.Admit == AdmitNew && !g.Until.IsZero()
-	if !next.Settling {
-		next.Since = time.Time{}
+	switch {
+	case g.Admit == AdmitAll:
+		next.Since, next.Settling = time.Time{}, false
+	case g.Admit == AdmitNew && !g.Until.IsZero():
+		next.Settling = true
 	}
+	// Otherwise (closed, or draining) a node that was settling still is:
+	// a fence meanwhile must not forget the cutoff of its last death.
 	return next
 }
 

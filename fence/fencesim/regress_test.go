@@ -97,6 +97,14 @@ var regressions = []struct {
 	// and the entry never ran again (G5). Fixed in gate.go: a denied
 	// entry whose claim is this node's again leaves the list and stays.
 	{name: "gate-denied-entry-taken-back", seed: 8637, opt: Options{RunnerGate: true}},
+	// With the runner gate. node2, back after it was declared dead, was
+	// settling (admit new, since its death's cutoff) when an outage fenced
+	// it; the closed record's cutoffs dropped since. Back under a new epoch
+	// (not declared dead again), it published the settling rule with a
+	// zero since, which admits every entry: in/#172, in flight at its
+	// death and restored by node0, was admitted on both (G2). Fixed in
+	// gate.go: Cutoffs.Next keeps since until the gate opens.
+	{name: "gate-fence-while-settling-forgets-since", seed: 19495, opt: Options{RunnerGate: true}},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.
