@@ -105,6 +105,16 @@ var regressions = []struct {
 	// death and restored by node0, was admitted on both (G2). Fixed in
 	// gate.go: Cutoffs.Next keeps since until the gate opens.
 	{name: "gate-fence-while-settling-forgets-since", seed: 19495, opt: Options{RunnerGate: true}},
+	// node1 restored in/#131 from node0 and mirrored it under its epoch 2,
+	// but the release failed (its gate record could not be written); then
+	// its disk was wiped. Back under epoch 3, its claims pass re-claimed
+	// the entry from node0's copy, ran it, and collected the claim; its
+	// own copy under epoch 2 was left (node0, taking over that epoch, had
+	// met node1's live claim and left it), and node0 claimed it afresh
+	// (G3: token 1 after 2, a re-run). Fixed in claims.go: the owner's old
+	// epoch goes into the claim's past holders when it re-claims under a
+	// new one, and the owner deletes its copies there before the claim.
+	{name: "own-old-epoch-copy-outlives-claim", seed: 1492, opt: Options{RunnerGate: true}},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.
