@@ -115,6 +115,14 @@ var regressions = []struct {
 	// epoch goes into the claim's past holders when it re-claims under a
 	// new one, and the owner deletes its copies there before the claim.
 	{name: "own-old-epoch-copy-outlives-claim", seed: 1492, opt: Options{RunnerGate: true}},
+	// With the runner gate. node2, back after it was declared dead,
+	// reclaimed in/#43, which a runner still had as a .bak, under its new
+	// epoch; its only copy stayed under the dead epoch, and the claims
+	// pass, seeing the entry here and the claim its own, deleted that copy
+	// as a restored entry's source (G1: in flight with no copy). Fixed in
+	// settle.go: settleInFlight releases a reclaimed entry, which makes
+	// sure of a copy under the current epoch.
+	{name: "gate-reclaimed-in-flight-entry-loses-its-copy", seed: 274, opt: Options{RunnerGate: true}},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.
