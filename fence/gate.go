@@ -130,8 +130,22 @@ type gateKeeper struct {
 	failed   bool
 }
 
+// GateDenials is what a GatePublisher may add: the entries on the deny
+// list of the record an earlier run of the node left. They stay denied
+// (Node.tendDeny tends them): a run that finds its lease still its own
+// settles nothing, and Mailman's recovery makes such a .bak a .pck again.
+type GateDenials interface {
+	Denied() []Entry
+}
+
 func newGateKeeper(pub GatePublisher, m *Metrics) *gateKeeper {
-	return &gateKeeper{pub: pub, m: m, deny: make(map[Entry]bool)}
+	k := &gateKeeper{pub: pub, m: m, deny: make(map[Entry]bool)}
+	if d, ok := pub.(GateDenials); ok {
+		for _, e := range d.Denied() {
+			k.deny[e] = true
+		}
+	}
+	return k
 }
 
 // died records a return under a new epoch after the node was declared

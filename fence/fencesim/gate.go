@@ -3,6 +3,7 @@ package fencesim
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
@@ -87,17 +88,25 @@ type diskGate struct {
 	have        bool
 	floor       time.Time // the latest birth of an entry restored (or the old record's cutoff)
 	wasSettling bool
+	denied      []fence.Entry
 }
+
+var _ fence.GateDenials = (*diskGate)(nil)
 
 // load starts a publisher process: it carries the record's cutoff over
 // (as the floor of every later cutoff) and its settling rule.
 func (g *diskGate) load() {
-	g.cur, g.last, g.have, g.floor, g.wasSettling = fence.Cutoffs{}, fence.RunnerGate{}, false, time.Time{}, false
+	g.cur, g.last, g.have, g.floor, g.wasSettling, g.denied = fence.Cutoffs{}, fence.RunnerGate{}, false, time.Time{}, false, nil
 	r := g.rec
 	if r == nil {
 		return
 	}
 	g.cur.Cutoff, g.floor = r.cutoff, r.cutoff
+	for k := range r.deny {
+		q, base, _ := strings.Cut(k, "/")
+		g.denied = append(g.denied, fence.Entry{Queue: q, Base: base, Kind: fence.KindPck})
+	}
+	sortEntries(g.denied)
 	if r.admit == fence.AdmitNew && !r.deadline.IsZero() {
 		g.wasSettling = true
 		g.cur.Since, g.cur.Settling = r.since, true
@@ -159,6 +168,10 @@ func (g *diskGate) MarkDeath() { g.cur = g.cur.Death() }
 // WasSettling implements fence.GatePublisher: what the record the process
 // started from said.
 func (g *diskGate) WasSettling() bool { return g.wasSettling }
+
+// Denied implements fence.GateDenials: the deny list of the record the
+// process started from.
+func (g *diskGate) Denied() []fence.Entry { return g.denied }
 
 // cover makes the published cutoff cover born before an entry born then is
 // restored, publishing the last gate again when it does not (the
