@@ -187,6 +187,9 @@ func (n *Node) handleClaim(ctx context.Context, ci claimInfo, cached cachedClaim
 			if c.Epoch != epoch {
 				next := c
 				next.Epoch, next.Token = epoch, c.Token+1
+				// A copy this node may have left under the old epoch is
+				// deleted before the claim goes.
+				next.Past = withHolder(append([]Holder(nil), c.Past...), c.Owner, c.Epoch)
 				lost, err := n.writeClaim(ctx, e, next, store.Condition{IfMatch: ci.etag})
 				if err != nil || lost {
 					return err
@@ -216,8 +219,20 @@ func (n *Node) handleClaim(ctx context.Context, ci claimInfo, cached cachedClaim
 		return nil
 	}
 	if !ownCopy {
-		if err := n.deleteLateCopy(ctx, e, src, c); err != nil {
+		if err := n.deleteLateCopy(ctx, e, src, c, "the old owner's upload committed after the takeover"); err != nil {
 			return err
+		}
+	}
+	// A copy this node left under an earlier epoch of its own (a restore
+	// mirrored there whose release failed before the node died): the
+	// takeover of that epoch meets this node's claim and leaves it, and
+	// would claim it afresh once the claim is gone.
+	for _, h := range c.Past {
+		if h.Node == n.cfg.Node && h.Epoch < c.Epoch {
+			key := n.cfg.Layout.MirrorKey(h.Node, h.Epoch, e)
+			if err := n.deleteLateCopy(ctx, e, key, c, "left by this node under an earlier epoch"); err != nil {
+				return err
+			}
 		}
 	}
 	if err := n.st.Delete(ctx, ci.key); err != nil {
@@ -302,12 +317,13 @@ func (n *Node) ownCopiesGone(ctx context.Context, c Claim, target Entry, epoch u
 	return true, nil
 }
 
-// deleteLateCopy deletes src, the copy a finished entry's claim was won
-// from, if it is in the store again: an upload of the old owner that
-// committed after the takeover had deleted it. The claim is all that
-// keeps such a copy from being claimed afresh and run again, so it only
-// goes once the copy has.
-func (n *Node) deleteLateCopy(ctx context.Context, e Entry, src string, c Claim) error {
+// deleteLateCopy deletes src, a stale copy of a finished entry, if it is
+// in the store: the copy its claim was won from, there again (an upload
+// of the old owner that committed after the takeover had deleted it), or
+// one the owner left under an earlier epoch (why says which). The claim
+// is all that keeps such a copy from being claimed afresh and run again,
+// so it only goes once the copy has.
+func (n *Node) deleteLateCopy(ctx context.Context, e Entry, src string, c Claim, why string) error {
 	_, err := n.st.Stat(ctx, src)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -319,6 +335,6 @@ func (n *Node) deleteLateCopy(ctx context.Context, e Entry, src string, c Claim)
 		return fmt.Errorf("delete late copy: %w", err)
 	}
 	n.m.lateCopies.Inc()
-	n.log.Warn("late copy of a finished entry deleted: the old owner's upload committed after the takeover", "entry", e.String(), "from", c.From, "from_epoch", c.FromEpoch, "token", c.Token)
+	n.log.Warn("late copy of a finished entry deleted", "why", why, "entry", e.String(), "key", src, "token", c.Token)
 	return nil
 }

@@ -130,8 +130,22 @@ type gateKeeper struct {
 	failed   bool
 }
 
+// GateDenials is what a GatePublisher may add: the entries on the deny
+// list of the record an earlier run of the node left. They stay denied
+// (Node.tendDeny tends them): a run that finds its lease still its own
+// settles nothing, and Mailman's recovery makes such a .bak a .pck again.
+type GateDenials interface {
+	Denied() []Entry
+}
+
 func newGateKeeper(pub GatePublisher, m *Metrics) *gateKeeper {
-	return &gateKeeper{pub: pub, m: m, deny: make(map[Entry]bool)}
+	k := &gateKeeper{pub: pub, m: m, deny: make(map[Entry]bool)}
+	if d, ok := pub.(GateDenials); ok {
+		for _, e := range d.Denied() {
+			k.deny[e] = true
+		}
+	}
+	return k
 }
 
 // died records a return under a new epoch after the node was declared
@@ -175,6 +189,21 @@ func (k *gateKeeper) setDeny(es []Entry) bool {
 		}
 	}
 	k.deny = next
+	return changed
+}
+
+// undeny takes es off the deny list; it reports whether it changed. It
+// leaves entries denied meanwhile alone.
+func (k *gateKeeper) undeny(es []Entry) bool {
+	k.state.Lock()
+	defer k.state.Unlock()
+	changed := false
+	for _, e := range es {
+		if k.deny[e] {
+			delete(k.deny, e)
+			changed = true
+		}
+	}
 	return changed
 }
 
@@ -268,36 +297,49 @@ func (n *Node) publishGate() error {
 // the last attempt to publish one failed.
 func (n *Node) RunnerGate() (RunnerGate, bool) { return n.gate.current() }
 
-// tendDeny keeps the deny list to entries still here as a .bak: one that
-// Mailman's recovery brought back as a .pck is held and dropped (a peer
-// owns it), one that is gone leaves the list.
+// tendDeny keeps the deny list to entries still here as a .bak that a
+// peer owns: one that Mailman's recovery brought back as a .pck is held
+// and dropped, one that is gone leaves the list, and so does one that
+// this node has taken over again since (a takeover of the peer, or its
+// handoff): that one stays where it is, for the runners.
 func (n *Node) tendDeny(ctx context.Context) {
 	denied := n.gate.denied()
 	if len(denied) == 0 {
 		return
 	}
-	var keep []Entry
+	var off []Entry
 	for _, e := range denied {
+		if !n.local.Has(e) {
+			off = append(off, e)
+			continue
+		}
+		c, _, found, err := n.readClaim(ctx, e)
+		if err != nil {
+			n.log.Warn("denied entry: claim not read", "entry", e.String(), "err", err)
+			continue
+		}
+		if found && c.Owner == n.cfg.Node {
+			n.log.Info("denied entry is this node's again: admitted", "entry", e.String(), "epoch", c.Epoch, "token", c.Token)
+			off = append(off, e)
+			continue
+		}
 		held, err := n.local.Hold(e)
 		if err != nil {
 			n.log.Warn("denied entry not held", "entry", e.String(), "err", err)
-			keep = append(keep, e)
 			continue
 		}
-		if held {
-			if err := n.local.Drop(e); err != nil {
-				n.log.Warn("denied entry not dropped", "entry", e.String(), "err", err)
-			} else {
-				n.m.settled.WithLabelValues("dropped").Inc()
-				n.log.Info("entry taken over by a peer came back as a .pck: dropped", "entry", e.String())
-			}
+		if !held {
+			continue // in flight
+		}
+		off = append(off, e)
+		if err := n.local.Drop(e); err != nil {
+			n.log.Warn("denied entry not dropped", "entry", e.String(), "err", err)
 			continue
 		}
-		if n.local.Has(e) {
-			keep = append(keep, e)
-		}
+		n.m.settled.WithLabelValues("dropped").Inc()
+		n.log.Info("entry taken over by a peer came back as a .pck: dropped", "entry", e.String())
 	}
-	if n.gate.setDeny(keep) {
+	if n.gate.undeny(off) {
 		_ = n.publishGate()
 	}
 }
@@ -320,7 +362,8 @@ type Cutoffs struct {
 	// Since: while settling, entries born after it are admitted. It is
 	// the cutoff at the node's last death.
 	Since time.Time
-	// Settling: the last record admitted only entries born after Since.
+	// Settling: the last record admitted only entries born after Since,
+	// or was closed while the node was settling.
 	Settling bool
 }
 
@@ -342,10 +385,14 @@ func (c Cutoffs) Next(g RunnerGate, now, floor time.Time) Cutoffs {
 	if floor.After(next.Cutoff) {
 		next.Cutoff = floor
 	}
-	next.Settling = g.Admit == AdmitNew && !g.Until.IsZero()
-	if !next.Settling {
-		next.Since = time.Time{}
+	switch {
+	case g.Admit == AdmitAll:
+		next.Since, next.Settling = time.Time{}, false
+	case g.Admit == AdmitNew && !g.Until.IsZero():
+		next.Settling = true
 	}
+	// Otherwise (closed, or draining) a node that was settling still is:
+	// a fence meanwhile must not forget the cutoff of its last death.
 	return next
 }
 

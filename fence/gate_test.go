@@ -145,6 +145,14 @@ func TestCutoffs(t *testing.T) {
 	if c = c.Next(fence.RunnerGate{Admit: fence.AdmitNew, Until: at(33)}, at(14), time.Time{}); !c.Since.Equal(at(10)) {
 		t.Fatalf("settling renewal moved since to %v", c.Since)
 	}
+	// So does a fence before the node has settled (fencesim seed 19495:
+	// back under a new epoch, the settling rule admitted every entry).
+	if c = c.Next(closed, at(14), time.Time{}); !c.Settling || !c.Since.Equal(at(10)) {
+		t.Fatalf("fenced while settling: %+v, want since kept", c)
+	}
+	if c = c.Next(settling, at(14), time.Time{}); !c.Settling || !c.Since.Equal(at(10)) {
+		t.Fatalf("settling again after the fence: %+v", c)
+	}
 	if c = c.Next(open, at(15), time.Time{}); c.Settling || !c.Since.IsZero() {
 		t.Fatalf("open after settling: %+v", c)
 	}

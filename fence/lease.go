@@ -238,8 +238,10 @@ func (n *Node) acquireLease(ctx context.Context, freshDisk, starting bool, died 
 	n.setStateLocked(StateSettling)
 	n.mu.Unlock()
 	n.m.epoch.Set(float64(next.Epoch))
-	n.log.Info("lease acquired", "epoch", next.Epoch, "dead_epoch", next.DeadEpoch, "taken_over", markedDead)
-	*died = markedDead
+	// A death an earlier attempt saw, whose write committed but lost its
+	// answer, shows only in the DeadEpoch this attempt carried over.
+	*died = markedDead || last.Epoch > 0 && next.DeadEpoch > last.DeadEpoch
+	n.log.Info("lease acquired", "epoch", next.Epoch, "dead_epoch", next.DeadEpoch, "taken_over", *died)
 	return nil
 }
 

@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		lateCopies: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mmsidecar_late_copies_deleted_total",
-			Help: "Copies of finished entries found in the store again when their claim was collected (an old owner's upload that committed late), deleted.",
+			Help: "Copies of finished entries found in the store when their claim was collected (an old owner's upload that committed late, or a copy the owner left under an earlier epoch), deleted.",
 		}),
 		takeoverSecs: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "mmsidecar_takeover_entry_seconds", Help: "Time to take over one entry: claim to restored.",

@@ -218,6 +218,14 @@ func (n *Node) settleInFlight(ctx context.Context, epoch uint64) error {
 			owner, _, err = n.reclaim(ctx, e, epoch, from)
 			return err
 		})
+		if err == nil && owner == n.cfg.Node && n.local.Has(e) {
+			// Its only copy may lie under a dead epoch, which goes once the
+			// entry is this node's (the claims pass deletes a claim's
+			// source when the entry is here): it gets one under the
+			// current epoch first, as Release makes sure for an entry
+			// already in its queue directory.
+			err = n.release(ctx, e)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		switch {

@@ -37,10 +37,9 @@ type disk struct {
 	since map[fence.Entry]time.Duration
 	// epoch: the node's epoch record in its state directory.
 	epoch uint64
-	// gate: the runner gate record in the state directory; floor: the
-	// latest birth of an entry restored here (the gate's cutoff floor).
-	gate  diskGate
-	floor time.Time
+	// gate: the runner gate record in the state directory, and its
+	// publisher's state.
+	gate diskGate
 }
 
 // Last implements fence.EpochRecord: the record lives on the disk.
@@ -75,7 +74,6 @@ func (d *disk) reset() {
 	d.since = make(map[fence.Entry]time.Duration)
 	d.epoch = 0
 	d.gate = diskGate{d: d}
-	d.floor = time.Time{}
 }
 
 func sortEntries(es []fence.Entry) {
@@ -105,8 +103,10 @@ func (d *disk) known(e fence.Entry) bool {
 }
 
 // restart forgets what a dead sidecar process had in flight: its uploads
-// may or may not have landed.
+// may or may not have landed. The new process's gate publisher starts
+// from the record the last one left.
 func (d *disk) restart() {
+	d.gate.load()
 	es := make([]fence.Entry, 0, len(d.inflight))
 	for e := range d.inflight {
 		es = append(es, e)
@@ -217,19 +217,33 @@ func (d *disk) enqueue(e fence.Entry, data []byte) {
 	d.putFile(e, &file{data: data})
 }
 
-// oldest returns the oldest visible .pck of queue, as a runner picks it.
-func (d *disk) oldest(queue string) (fence.Entry, bool) {
-	var best fence.Entry
-	found := false
+// oldest returns the oldest visible .pck of queue that the runner may
+// dequeue, as a runner picks it; closed reports visible .pck files that
+// the runner gate keeps from it.
+func (d *disk) oldest(queue string) (best fence.Entry, found, closed bool) {
 	for e, f := range d.files {
-		if e.Queue != queue || e.Kind != fence.KindPck || f.bak {
+		if e.Queue != queue || e.Kind != fence.KindPck || f.bak || found && e.Base > best.Base {
 			continue
 		}
-		if !found || e.Base < best.Base {
-			best, found = e, true
+		if ok, _ := d.node.admits(e); !ok {
+			closed = true
+			continue
+		}
+		best, found = e, true
+	}
+	return best, found, closed
+}
+
+// inFlight lists the entries runners have in hand (.bak).
+func (d *disk) inFlight() []fence.Entry {
+	var out []fence.Entry
+	for e, f := range d.files {
+		if f.bak {
+			out = append(out, e)
 		}
 	}
-	return best, found
+	sortEntries(out)
+	return out
 }
 
 // dequeue renames e's .pck to .bak.
@@ -375,6 +389,7 @@ func (d *disk) upload(ctx context.Context, inc *incarnation) {
 		}
 		key := d.node.w.layout.MirrorKey(d.node.id, g.Epoch, e)
 		d.inflight[e] = key
+		d.or().covered(d.node, e, "uploaded")
 		_, err := store.PutBytes(ctx, st, key, f.data, store.Condition{})
 		delete(d.inflight, e)
 		switch {

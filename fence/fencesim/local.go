@@ -26,7 +26,9 @@ func (v *localView) Quarantine(ctx context.Context, all bool) ([]fence.Entry, er
 	v.inc.enter(ctx)
 	if !all {
 		v.inc.fenceGen++
-		v.inc.w.stats.Fences++
+		if !v.inc.w.gated {
+			v.inc.w.stats.Fences++ // with the gate, counted where it closes
+		}
 		v.inc.w.tracef(v.d.node.idx, evNote, "fence: quarantine known .pck files")
 	}
 	// With all, the contract says Mailman is not running: every entry is
@@ -127,6 +129,10 @@ func (v *localView) mirror(ctx context.Context, e fence.Entry) (string, error) {
 		}
 	}
 	key := d.node.w.layout.MirrorKey(d.node.id, g.Epoch, e)
+	if !isHeld {
+		// A held entry is covered before it is restored (Release).
+		d.or().covered(d.node, e, "uploaded")
+	}
 	if _, err := store.PutBytes(ctx, v.inc.stNoYield, key, data, store.Condition{}); err != nil {
 		if !slices.Contains(d.maybe[e], key) {
 			d.maybe[e] = append(d.maybe[e], key)
@@ -170,7 +176,10 @@ func (v *localView) Release(ctx context.Context, e fence.Entry) error {
 		return opErr("release", e.String(), store.KindTransient, "canceled")
 	}
 	// The gate's cutoff covers the birth of every entry restored here.
-	d.gate.cover(e.Born())
+	if err := d.gate.cover(e.Born()); err != nil {
+		return opErr("release", e.String(), store.KindTransient, "gate not written")
+	}
+	d.or().covered(d.node, e, "restored")
 	d.or().released(e, d.node.idx)
 	d.putFile(e, &file{data: data})
 	d.unhold(e)

@@ -41,6 +41,10 @@ type simNode struct {
 	pauseAll     time.Duration // whole node paused until
 	pauseSidecar time.Duration // sidecar alone paused until
 	pausedSince  time.Duration // when the latest pause of the sidecar began
+	// inFlightAtPause: the entries the runners had in hand (.bak) then.
+	inFlightAtPause []fence.Entry
+	// boot counts the kernel's boots: a whole-node crash reboots it.
+	boot int
 	// retired: stopped for good (crashed without restart, or drained).
 	retired  bool
 	draining bool
@@ -63,8 +67,10 @@ type incarnation struct {
 	dead      bool
 	tasks     []*task
 	fenceGen  uint64
-	started   bool
-	startErr  error
+	// closed: the last gate this process decided was closed (fenced).
+	closed   bool
+	started  bool
+	startErr error
 	// watchFn and watchEvery: the watchdog's event, allocated once.
 	watchFn    func()
 	watchEvery time.Duration
@@ -105,7 +111,7 @@ func (sn *simNode) startSidecar(fresh, withMailman bool) {
 	inc.local = &localView{d: sn.disk, inc: inc}
 	sc := w.sc
 	cfg := fence.Config{Node: sn.id, Layout: w.layout, TTL: sc.ttl, Grace: sc.grace, Margin: sc.margin,
-		MaxTransfers: sc.maxTransfers, Concurrency: 1, Epochs: sn.disk, Gate: &sn.disk.gate}
+		MaxTransfers: sc.maxTransfers, Concurrency: 1, Epochs: sn.disk, Gate: &sn.disk.gate, RunnerGate: w.gated}
 	rnd := rand.New(rand.NewPCG(w.seed, uint64(sn.idx)<<32|uint64(sn.incs)))
 	log := slog.New(&logHandler{w: w, node: sn.idx})
 	n, err := fence.New(cfg, inc.st, inc.local, sn.clock, rnd, nil, log)
@@ -120,7 +126,12 @@ func (sn *simNode) startSidecar(fresh, withMailman bool) {
 			w.tracef(sn.idx, evFault, "sidecar start failed, process exits: %v", inc.startErr)
 			inc.kill()
 			sn.inc = nil
-			sn.at(w.now+time.Second, classSidecar, func() { sn.startSidecar(fresh, withMailman) })
+			gen := sn.crashes
+			sn.at(w.now+time.Second, classSidecar, func() {
+				if sn.crashes == gen { // else a crash since owns the restart
+					sn.restart(fresh)
+				}
+			})
 			return
 		}
 		inc.started = true
@@ -223,6 +234,34 @@ func (inc *incarnation) loopSync() {
 	})
 }
 
+// startNode starts the whole node: the sidecar, and Mailman once it has
+// started; with the runner gate and the relaxed start order, Mailman at
+// once (its runners then wait for the gate record).
+func (sn *simNode) startNode(fresh bool) {
+	if sn.w.gated && sn.w.sc.mailmanFirst {
+		sn.startMailman()
+	}
+	sn.startSidecar(fresh, !sn.mailmanUp)
+}
+
+// restart starts a new sidecar process, and Mailman if it is not running.
+func (sn *simNode) restart(fresh bool) {
+	if sn.mailmanUp {
+		sn.startSidecar(fresh, false)
+		return
+	}
+	sn.startNode(fresh)
+}
+
+// pauseBegins notes, when f starts a pause of the sidecar (not one that
+// extends another), when it began and what the runners had in hand.
+func (sn *simNode) pauseBegins(f fault) {
+	if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
+		sn.pausedSince = f.at
+		sn.inFlightAtPause = sn.disk.inFlight()
+	}
+}
+
 // startMailman runs Mailman's recovery and starts its runners.
 func (sn *simNode) startMailman() {
 	if sn.mailmanUp || sn.retired {
@@ -258,10 +297,20 @@ func (sn *simNode) poll(q, gen int) {
 	if sn.mmGen != gen || sn.busy[q] {
 		return
 	}
-	e, ok := sn.disk.oldest(queues[q])
+	e, ok, closed := sn.disk.oldest(queues[q])
+	if !ok && closed {
+		// The gate keeps every .pck from the runner: it idles a
+		// sleep_time and lists again.
+		w.stats.ClosedPolls++
+		sn.at(w.now+sn.clock.simDur(w.sc.runnerSleep), classRunner, func() { sn.poll(q, gen) })
+		return
+	}
 	if !ok {
 		sn.waiting[q] = true
 		return
+	}
+	if w.gated && !sn.disk.gate.rec.open(sn.clock.Now(), sn.boot) {
+		w.stats.GateNewRuns++
 	}
 	sn.disk.dequeue(e)
 	w.or.run(e, sn.idx)
@@ -324,6 +373,7 @@ func (sn *simNode) crash(whole, wipe bool, restart time.Duration) {
 	}
 	if whole {
 		sn.stopMailman()
+		sn.boot++
 	}
 	if wipe {
 		sn.disk.wipe()
@@ -341,7 +391,7 @@ func (sn *simNode) crash(whole, wipe bool, restart time.Duration) {
 			return // a later crash owns the restart
 		}
 		w.disturb()
-		sn.startSidecar(wipe || sn.freshDisk, !sn.mailmanUp)
+		sn.restart(wipe || sn.freshDisk)
 	})
 }
 

@@ -18,6 +18,9 @@ type oracle struct {
 	all     []*entryState
 	// alive has a bit per node whose Mailman runners run.
 	alive uint64
+	// multi: with the runner gate, entries visible on two nodes or more,
+	// which G2 judges again as admission changes.
+	multi map[*entryState]bool
 }
 
 type termKind uint8
@@ -45,7 +48,7 @@ type entryState struct {
 }
 
 func newOracle(w *world) *oracle {
-	return &oracle{w: w, entries: make(map[fence.Entry]*entryState), ids: make(map[string]int)}
+	return &oracle{w: w, entries: make(map[fence.Entry]*entryState), ids: make(map[string]int), multi: make(map[*entryState]bool)}
 }
 
 func (o *oracle) name(e fence.Entry) string {
@@ -85,26 +88,71 @@ func (o *oracle) get(e fence.Entry) *entryState {
 func (o *oracle) visible(e fence.Entry, node int, on bool) {
 	es := o.get(e)
 	bit := uint64(1) << node
-	if !on {
+	if on {
+		es.visible |= bit
+	} else {
 		es.visible &^= bit
-		return
 	}
-	es.visible |= bit
-	o.checkG2(es)
+	if o.w.gated {
+		if bits.OnesCount64(es.visible) >= 2 {
+			o.multi[es] = true
+		} else {
+			delete(o.multi, es)
+		}
+	}
+	if on {
+		o.checkG2(es)
+	}
 }
 
+// checkG2 fails when es is a .pck that the runners of two nodes may
+// dequeue: visible there, and with the runner gate, admitted.
 func (o *oracle) checkG2(es *entryState) {
 	v := es.visible & o.alive
 	if bits.OnesCount64(v) < 2 {
 		return
 	}
 	var who []string
-	for i := range o.w.nodes {
-		if v&(1<<i) != 0 {
-			who = append(who, o.w.nodes[i].id)
+	for i, sn := range o.w.nodes {
+		if v&(1<<i) == 0 {
+			continue
+		}
+		ok, why := sn.admits(es.e)
+		if !ok {
+			v &^= 1 << i
+			continue
+		}
+		if o.w.gated {
+			who = append(who, sn.id+" ("+why+")")
+		} else {
+			who = append(who, sn.id)
 		}
 	}
-	o.w.violate("G2", []fence.Entry{es.e}, "%s is a visible .pck on %v at once", o.name(es.e), who)
+	if len(who) < 2 {
+		return
+	}
+	what := "a visible .pck"
+	if o.w.gated {
+		what = "a visible .pck the gate admits"
+	}
+	o.w.violate("G2", []fence.Entry{es.e}, "%s is %s on %v at once", o.name(es.e), what, who)
+}
+
+// recheckG2 judges again the entries visible on two nodes or more.
+func (o *oracle) recheckG2() {
+	if len(o.multi) == 0 {
+		return
+	}
+	es := make([]*entryState, 0, len(o.multi))
+	for s := range o.multi {
+		es = append(es, s)
+	}
+	sort.Slice(es, func(i, j int) bool {
+		return es[i].id < es[j].id || es[i].id == es[j].id && es[i].e.Queue < es[j].e.Queue
+	})
+	for _, s := range es {
+		o.checkG2(s)
+	}
 }
 
 // mailman records whether node's runners run; starting them re-checks G2.
@@ -251,10 +299,34 @@ func (o *oracle) inProcessing(es *entryState, except int) bool {
 			continue
 		}
 		if f := n.disk.files[es.e]; f != nil {
-			return true
+			if f.bak || es.e.Kind != fence.KindPck {
+				return true
+			}
+			// Queued: with the runner gate, only where it admits it.
+			if ok, _ := n.admits(es.e); ok {
+				return true
+			}
 		}
 	}
 	return false
+}
+
+// crossNodeOf counts the entries of set dequeued on more than one node.
+func (o *oracle) crossNodeOf(set map[fence.Entry]bool) int {
+	n := 0
+	for e := range set {
+		es := o.entries[e]
+		if es == nil {
+			continue
+		}
+		for _, r := range es.runs {
+			if r != es.runs[0] {
+				n++
+				break
+			}
+		}
+	}
+	return n
 }
 
 // duplicates counts entries dequeued on more than one node, and entries

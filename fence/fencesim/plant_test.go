@@ -22,6 +22,8 @@ type mutation struct {
 	file     string // relative to the module root
 	old, new string
 	want     string // the guarantee the simulator must report
+	gate     bool   // run the seeds with the runner gate on
+	recovery bool   // with Mailman's .bak recovery at a whole-node restart
 }
 
 var mutations = []mutation{
@@ -69,6 +71,50 @@ var mutations = []mutation{
 		new:  "if e.Kind == KindPck && c.Transfers > n.cfg.MaxTransfers+100 {",
 		want: "G6",
 	},
+	{
+		// The runner gate stays open after the node lost its lease: its
+		// runners go on with entries peers take over.
+		name: "gate-open-after-lost-lease",
+		file: "fence/gate.go",
+		old:  "g.Admit, g.Reason = AdmitNew, v.reason",
+		new:  "g.Admit, g.Until, g.Reason = AdmitAll, v.now.Add(time.Hour), v.reason",
+		want: "G2",
+		gate: true,
+	},
+	{
+		// A node back from a fence under a new epoch after peers declared
+		// it dead opens its gate without holding and settling what they
+		// took over.
+		name: "gate-forgets-death-after-fence",
+		file: "fence/lease.go",
+		old:  "if err := n.afterDeath(ctx, died, false); err != nil {",
+		new:  "if err := n.afterDeath(ctx, died && false, false); err != nil {",
+		want: "G2",
+		gate: true,
+	},
+	{
+		// The node takes a gate's deadline for its uploads before the
+		// record is written: when the write fails, it uploads entries born
+		// after the cutoff its runners read.
+		name: "gate-uploads-outrun-the-record",
+		file: "fence/gate.go",
+		old:  "if g.Until.IsZero() {\n\t\tk.until = time.Time{} // closed: no upload from now on\n\t}",
+		new:  "k.until = g.Until",
+		want: "gate",
+		gate: true,
+	},
+	{
+		// A node declared dead leaves the entries its runners had in
+		// flight unsettled: one a peer took over comes back as a .pck
+		// through Mailman's recovery and is run on both.
+		name:     "gate-in-flight-not-settled",
+		file:     "fence/settle.go",
+		old:      "if err := n.settleInFlight(octx, epoch); err != nil {",
+		new:      "if err := error(nil); err != nil {",
+		want:     "G2",
+		gate:     true,
+		recovery: true,
+	},
 }
 
 // TestSimFindsPlantedBugs copies the module, plants one bug per subtest
@@ -100,8 +146,12 @@ func TestSimFindsPlantedBugs(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
 			start := time.Now()
+			gate := "off"
+			if m.gate {
+				gate = "on"
+			}
 			cmd := exec.CommandContext(ctx, goBin, "test", "./fence/fencesim", "-run", "^TestSim$", "-count=1",
-				"-seeds=3000", "-maxfail=5", "-norecovery")
+				"-seeds=3000", "-maxfail=5", "-norecovery="+strconv.FormatBool(!m.recovery), "-gate="+gate)
 			cmd.Dir = dir
 			cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "GOPROXY=off", "GOWORK=off")
 			out, err := cmd.CombinedOutput()
@@ -115,15 +165,15 @@ func TestSimFindsPlantedBugs(t *testing.T) {
 			if !ok {
 				t.Fatalf("the simulator did not report %s with %s planted (exit: %v):\n%s", m.want, m.name, err, tail(out, 40))
 			}
-			if r := Run(seed, Options{NoRecovery: true}); r.Violation != nil {
+			if r := Run(seed, Options{NoRecovery: !m.recovery, RunnerGate: m.gate}); r.Violation != nil {
 				t.Fatalf("seed %d also fails on the real code (%v): the planted bug is not what was found", seed, r.Violation)
 			}
-			t.Logf("%s: simulator reported %s on seed %d (real code passes it) in %v", m.name, g, seed, time.Since(start).Round(time.Second))
+			t.Logf("%s: simulator reported %s on seed %d, gate %s (real code passes it) in %v", m.name, g, seed, gate, time.Since(start).Round(time.Second))
 		})
 	}
 }
 
-var findingRE = regexp.MustCompile(`violation: seed=(\d+) guarantee=(G\d)`)
+var findingRE = regexp.MustCompile(`violation: seed=(\d+) guarantee=(G\d|gate) gate=`)
 
 // firstFinding returns the first reported violation of guarantee want
 // whose seed the real code passes.

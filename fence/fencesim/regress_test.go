@@ -80,6 +80,58 @@ var regressions = []struct {
 	// (G1). Fixed in the Local contract: Release of an entry already
 	// visible makes sure it has a copy at the node's current epoch.
 	{name: "queued-entry-taken-over-loses-its-copy", seed: 6667},
+
+	// With the runner gate. A fenced node's first lease write under a new
+	// epoch, after peers had declared it dead, committed but lost its
+	// answer; the retry read that lease back as its own and did not report
+	// the death, so the node opened its gate without holding or settling
+	// the entries peers had taken over: in/#48 was admitted on node1 and
+	// on node2 (G2). Fixed in lease.go: acquire reports a death when the
+	// new lease's DeadEpoch is above the one the node last held.
+	{name: "gate-lease-lost-answer-forgets-death", seed: 1271, opt: Options{RunnerGate: true}},
+	// With the runner gate. node1, declared dead while down, denied
+	// out/#71 to its runners (node3 had taken it over; node1 still had it
+	// as a .bak, which Mailman's recovery made a .pck again). node3 died
+	// in turn and node1 took #71 back, in place; the deny list still said
+	// a peer owned it, so node1 held and dropped its only queued copy,
+	// and the entry never ran again (G5). Fixed in gate.go: a denied
+	// entry whose claim is this node's again leaves the list and stays.
+	{name: "gate-denied-entry-taken-back", seed: 8637, opt: Options{RunnerGate: true}},
+	// With the runner gate. node2, back after it was declared dead, was
+	// settling (admit new, since its death's cutoff) when an outage fenced
+	// it; the closed record's cutoffs dropped since. Back under a new epoch
+	// (not declared dead again), it published the settling rule with a
+	// zero since, which admits every entry: in/#172, in flight at its
+	// death and restored by node0, was admitted on both (G2). Fixed in
+	// gate.go: Cutoffs.Next keeps since until the gate opens.
+	{name: "gate-fence-while-settling-forgets-since", seed: 19495, opt: Options{RunnerGate: true}},
+	// node1 restored in/#131 from node0 and mirrored it under its epoch 2,
+	// but the release failed (its gate record could not be written); then
+	// its disk was wiped. Back under epoch 3, its claims pass re-claimed
+	// the entry from node0's copy, ran it, and collected the claim; its
+	// own copy under epoch 2 was left (node0, taking over that epoch, had
+	// met node1's live claim and left it), and node0 claimed it afresh
+	// (G3: token 1 after 2, a re-run). Fixed in claims.go: the owner's old
+	// epoch goes into the claim's past holders when it re-claims under a
+	// new one, and the owner deletes its copies there before the claim.
+	{name: "own-old-epoch-copy-outlives-claim", seed: 1492, opt: Options{RunnerGate: true}},
+	// With the runner gate. node2, back after it was declared dead,
+	// reclaimed in/#43, which a runner still had as a .bak, under its new
+	// epoch; its only copy stayed under the dead epoch, and the claims
+	// pass, seeing the entry here and the claim its own, deleted that copy
+	// as a restored entry's source (G1: in flight with no copy). Fixed in
+	// settle.go: settleInFlight releases a reclaimed entry, which makes
+	// sure of a copy under the current epoch.
+	{name: "gate-reclaimed-in-flight-entry-loses-its-copy", seed: 274, opt: Options{RunnerGate: true}},
+	// With the runner gate. node2 had denied pipeline/#111 (a .bak in
+	// flight at its death that node0 took over, and node1 from node0);
+	// then node2 crashed whole and came back before anyone declared it
+	// dead. The new process started with an empty deny list and nothing
+	// to settle, and Mailman's recovery made the .bak a .pck that its open
+	// gate admitted, as node1's did (G2). Fixed in gate.go: a publisher
+	// that can say what the record it started from denied (GateDenials)
+	// seeds the deny list; runner.GateFile does not implement it yet.
+	{name: "gate-deny-list-lost-at-restart", seed: 6331, opt: Options{RunnerGate: true}},
 }
 
 // TestSimRegressions replays the seeds of the bugs the simulator found.

@@ -33,6 +33,10 @@ type scenario struct {
 	modelLimit              time.Duration
 	beyondPlanned           bool
 	firstFault, lastFaultAt time.Duration
+	// With the runner gate (drawGate): Mailman starts with its node, not
+	// after the sidecar (the start order the gate relaxes).
+	gated        bool
+	mailmanFirst bool
 }
 
 type faultKind int
@@ -47,11 +51,13 @@ const (
 	fOutage                        // store down for everyone
 	fDrain                         // operator drains the node
 	fRetire                        // whole node crashes for good
+	fGateFail                      // the node's state directory refuses writes (gate records)
 )
 
 var faultNames = map[faultKind]string{
 	fCrash: "crash", fCrashWipe: "crash+wipe", fCrashSidecar: "sidecar-crash", fPause: "pause",
 	fPauseSidecar: "sidecar-pause", fPartition: "partition", fOutage: "outage", fDrain: "drain", fRetire: "crash-forever",
+	fGateFail: "gate-write-errors",
 }
 
 type fault struct {
@@ -98,6 +104,11 @@ type Options struct {
 	// AbandonDrain: a drain ends when the draining node's sidecar
 	// restarts (nobody issues it again).
 	AbandonDrain bool
+	// RunnerGate runs the nodes with the runner gate as the fence
+	// (fence.Config.RunnerGate): Mailman's runners check the node's gate
+	// record before every dequeue, Mailman may start before the sidecar,
+	// and the state directory can refuse the record's writes for a while.
+	RunnerGate bool
 	// Trace is how many trace events a violation prints (default 50).
 	Trace int
 	// Dump, when set, receives the whole trace ring of the run.
@@ -207,10 +218,29 @@ func newScenario(r *rand.Rand, opt Options) *scenario {
 	return sc
 }
 
+// drawGate adds what the runner gate changes: the start order, and
+// windows in which a node's gate record cannot be written. It draws from
+// its own source, so the rest of the scenario is the seed's without the
+// gate.
+func (sc *scenario) drawGate(r *rand.Rand) {
+	sc.gated = true
+	sc.mailmanFirst = r.IntN(2) == 0
+	if r.IntN(3) != 0 {
+		return
+	}
+	for range 1 + r.IntN(2) {
+		sc.faults = append(sc.faults, fault{kind: fGateFail, node: r.IntN(sc.nodes),
+			at: uniform(r, sc.firstFault, sc.lastFaultAt-sc.ttl), dur: uniform(r, sc.ttl/3, 2*sc.ttl)})
+	}
+}
+
 func (sc *scenario) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nodes=%d ttl=%v grace=%v margin=%v (model limit margin+grace=%v) max_transfers=%d\n",
 		sc.nodes, sc.ttl, sc.grace, sc.margin, sc.modelLimit, sc.maxTransfers)
+	if sc.gated {
+		fmt.Fprintf(&b, "runner gate: on (slew 0), mailman starts with its node: %v\n", sc.mailmanFirst)
+	}
 	fmt.Fprintf(&b, "clock rates=%.4f posts=%d quiet_at=%v end=%v sync=%v runner_sleep=%v proc=%v..%v long_proc=%.3f recovery=%v\n",
 		sc.rates, sc.posts, sc.quietAt, sc.end, sc.syncEvery, sc.runnerSleep, sc.procMin, sc.procMax, sc.longProcP, sc.recovery)
 	fmt.Fprintf(&b, "store: zero_latency=%.2f latency<=%v spikes=%.4f<=%v lost_answer=%.4f transient=%.4f conflict=%.2f\n",

@@ -22,10 +22,34 @@ var (
 	flagDump       = flag.String("dump", "", "with -seed: write the whole trace to this file")
 	flagAbandon    = flag.Bool("abandondrain", false, "a drain ends when the draining node's sidecar restarts")
 	flagNoRecovery = flag.Bool("norecovery", false, "no Mailman .bak recovery when a whole node restarts on its disk")
+	flagGate       = flag.String("gate", "both", "runner gate: off, on, or both (every seed twice, with the gate off and on)")
 )
 
 func options() Options {
 	return Options{Beyond: *flagBeyond, NoRecovery: *flagNoRecovery, AbandonDrain: *flagAbandon, Trace: *flagTrace}
+}
+
+// gateModes returns the options of each run of a seed that -gate asks for.
+func gateModes(t *testing.T) []Options {
+	off, on := options(), options()
+	on.RunnerGate = true
+	switch *flagGate {
+	case "off":
+		return []Options{off}
+	case "on":
+		return []Options{on}
+	case "both":
+		return []Options{off, on}
+	}
+	t.Fatalf("-gate=%q: want off, on or both", *flagGate)
+	return nil
+}
+
+func gateName(opt Options) string {
+	if opt.RunnerGate {
+		return "on"
+	}
+	return "off"
 }
 
 // summary aggregates many runs.
@@ -48,6 +72,10 @@ type summary struct {
 	g5Worst   float64
 	events    int
 	failures  []*Violation
+	// With the runner gate.
+	inFlight, inFlightDup     int
+	closedPolls, newRuns      int
+	gateWriteErrs, gateFaults int
 }
 
 // add records r and returns how many violations there are so far.
@@ -66,10 +94,18 @@ func (s *summary) add(r Result) int {
 	s.maxTrans = max(s.maxTrans, st.MaxTransfers)
 	s.g5Checked += st.G5Checked
 	s.g5Worst = max(s.g5Worst, st.G5Worst)
+	s.closedPolls += st.ClosedPolls
+	s.newRuns += st.GateNewRuns
+	s.gateWriteErrs += st.GateWriteErrs
+	if st.GateWriteErrs > 0 {
+		s.gateFaults++
+	}
 	if st.Beyond {
 		s.beyond++
 		s.beyondG2 += st.BeyondG2
 		s.beyondDup += st.CrossNode
+		s.inFlight += st.InFlightBeyond
+		s.inFlightDup += st.InFlightDup
 	} else {
 		s.crossNode += st.CrossNode
 		s.reruns += st.Reruns
@@ -80,11 +116,15 @@ func (s *summary) add(r Result) int {
 	return len(s.failures)
 }
 
-// runSeeds runs seeds from first on all cores until n are done or the
-// deadline passes (n < 0: no count limit), or maxFail seeds violated a
-// guarantee (0: no limit).
-func runSeeds(first uint64, n int, deadline time.Time, opt Options, maxFail int) *summary {
-	s := &summary{}
+// runSeeds runs seeds from first on all cores, each once per option set
+// (a summary each), until n are done or the deadline passes (n < 0: no
+// count limit), or maxFail runs violated a guarantee (0: no limit).
+func runSeeds(first uint64, n int, deadline time.Time, opts []Options, maxFail int) []*summary {
+	var ss []*summary
+	for range opts {
+		ss = append(ss, &summary{})
+	}
+	var failed atomic.Int64
 	var next atomic.Uint64
 	next.Store(first)
 	var stop atomic.Bool
@@ -98,36 +138,45 @@ func runSeeds(first uint64, n int, deadline time.Time, opt Options, maxFail int)
 				if n >= 0 && seed >= first+uint64(n) || !deadline.IsZero() && time.Now().After(deadline) {
 					return
 				}
-				r := Run(seed, opt)
-				if s.add(r) >= maxFail && maxFail > 0 {
-					stop.Store(true)
+				for i, opt := range opts {
+					r := Run(seed, opt)
+					ss[i].add(r)
+					if r.Violation != nil && failed.Add(1) >= int64(maxFail) && maxFail > 0 {
+						stop.Store(true)
+					}
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	return s
+	return ss
 }
 
 // TestSim runs the seed budget (or one seed with -seed, or a soak with
 // -soak) and fails on the first violated guarantee, printing its seed and
 // trace.
 func TestSim(t *testing.T) {
-	opt := options()
+	opts := gateModes(t)
 	if *flagSeed >= 0 {
-		if *flagDump != "" {
-			f, err := os.Create(*flagDump)
-			if err != nil {
-				t.Fatal(err)
+		for _, opt := range opts {
+			if *flagDump != "" {
+				name := *flagDump
+				if len(opts) > 1 {
+					name += ".gate-" + gateName(opt)
+				}
+				f, err := os.Create(name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				opt.Dump = f
 			}
-			defer f.Close()
-			opt.Dump = f
-		}
-		r := Run(uint64(*flagSeed), opt)
-		t.Logf("seed %d: %d events, %d entries (%d finished), %d fences, %d lost answers, beyond model %v (G2 there: %d entries), cross-node runs %d, %d trace events, digest %016x",
-			r.Seed, r.Stats.Events, r.Stats.Entries, r.Stats.Finished, r.Stats.Fences, r.Stats.LostAnswers, r.Stats.Beyond, r.Stats.BeyondG2, r.Stats.CrossNode, r.Stats.TraceEvents, r.Stats.Digest)
-		if r.Violation != nil {
-			t.Fatal(r.Violation.Report)
+			r := Run(uint64(*flagSeed), opt)
+			t.Logf("seed %d, gate %s: %d events, %d entries (%d finished), %d fences, %d lost answers, beyond model %v (G2 there: %d entries), cross-node runs %d, %d trace events, digest %016x",
+				r.Seed, gateName(opt), r.Stats.Events, r.Stats.Entries, r.Stats.Finished, r.Stats.Fences, r.Stats.LostAnswers, r.Stats.Beyond, r.Stats.BeyondG2, r.Stats.CrossNode, r.Stats.TraceEvents, r.Stats.Digest)
+			if r.Violation != nil {
+				t.Error(r.Violation.Report)
+			}
 		}
 		return
 	}
@@ -142,38 +191,58 @@ func TestSim(t *testing.T) {
 		deadline = dl.Add(-time.Minute)
 	}
 	start := time.Now()
-	s := runSeeds(*flagFirst, n, deadline, opt, *flagMaxFail)
+	ss := runSeeds(*flagFirst, n, deadline, opts, *flagMaxFail)
 	el := time.Since(start)
-	t.Logf("%d seeds in %v: %.1f seeds/s on %d cores; %d events, %d entries, %d fences, %d lost answers, %d young entries lost with a disk, %d drains",
-		s.seeds, el.Round(time.Millisecond), float64(s.seeds)/el.Seconds(), runtime.GOMAXPROCS(0), s.events, s.entries, s.fences, s.lost, s.lostYoung, s.drains)
-	t.Logf("within the model: %d entries dequeued on two nodes, %d dequeued twice (in flight at a fence or crash); G5 failovers timed: %d, slowest at %.0f%% of its bound; G6: %d entries preserved in bad, most transfers before a .pck restore %d",
-		s.crossNode, s.reruns, s.g5Checked, 100*s.g5Worst, s.preserved, s.maxTrans)
-	t.Logf("beyond the model: %d seeds, %d entries visible as .pck on two nodes, %d entries processed on two nodes", s.beyond, s.beyondG2, s.beyondDup)
-	sort.Slice(s.failures, func(i, j int) bool { return s.failures[i].Seed < s.failures[j].Seed })
-	for i, v := range s.failures {
-		t.Logf("violation: seed=%d guarantee=%s", v.Seed, v.Guarantee)
-		if i < 3 {
-			t.Error(v.Report)
+	failures, reported := 0, 0
+	for i, s := range ss {
+		g := gateName(opts[i])
+		t.Logf("gate %s: %d seeds in %v (all passes): %.1f runs/s on %d cores; %d events, %d entries, %d fences, %d lost answers, %d young entries lost with a disk, %d drains",
+			g, s.seeds, el.Round(time.Millisecond), float64(s.seeds*len(ss))/el.Seconds(), runtime.GOMAXPROCS(0), s.events, s.entries, s.fences, s.lost, s.lostYoung, s.drains)
+		t.Logf("gate %s: within the model: %d entries dequeued on two nodes, %d dequeued twice (in flight at a fence or crash); G5 failovers timed: %d, slowest at %.0f%% of its bound; G6: %d entries preserved in bad, most transfers before a .pck restore %d",
+			g, s.crossNode, s.reruns, s.g5Checked, 100*s.g5Worst, s.preserved, s.maxTrans)
+		if opts[i].RunnerGate {
+			t.Logf("gate on: beyond the model: %d seeds, %d entries runnable on two nodes (all in flight at the pause or kill; any other fails), %d entries processed on two nodes, %d of the %d entries in flight at the pause or kill among them",
+				s.beyond, s.beyondG2, s.beyondDup, s.inFlightDup, s.inFlight)
+			t.Logf("gate on: %d runner passes found only entries the gate kept closed, %d dequeues admitted while it was not open; %d gate records not written (%d seeds with write errors)",
+				s.closedPolls, s.newRuns, s.gateWriteErrs, s.gateFaults)
 		} else {
-			t.Errorf("fencesim: %v", v)
+			t.Logf("gate off: beyond the model: %d seeds, %d entries visible as .pck on two nodes, %d entries processed on two nodes (%d of the %d entries in flight at the pause or kill among them)",
+				s.beyond, s.beyondG2, s.beyondDup, s.inFlightDup, s.inFlight)
+		}
+		sort.Slice(s.failures, func(i, j int) bool { return s.failures[i].Seed < s.failures[j].Seed })
+		for _, v := range s.failures {
+			t.Logf("violation: seed=%d guarantee=%s gate=%s", v.Seed, v.Guarantee, g)
+			if reported < 3 {
+				t.Error(v.Report)
+			} else {
+				t.Errorf("fencesim: gate %s: %v", g, v)
+			}
+			reported++
+		}
+		failures += len(s.failures)
+		if n >= 0 && s.seeds < n && (*flagMaxFail == 0 || failures < *flagMaxFail) {
+			t.Errorf("gate %s: only %d of %d seeds ran before the test deadline (%.1f runs/s): give go test a longer -timeout", g, s.seeds, n, float64(s.seeds*len(ss))/el.Seconds())
 		}
 	}
-	if len(s.failures) > 0 {
-		t.Errorf("%d of %d seeds violated a guarantee", len(s.failures), s.seeds)
-	}
-	if n >= 0 && s.seeds < n && len(s.failures) < *flagMaxFail || n >= 0 && s.seeds < n && *flagMaxFail == 0 {
-		t.Errorf("only %d of %d seeds ran before the test deadline (%.1f seeds/s): give go test a longer -timeout", s.seeds, n, float64(s.seeds)/el.Seconds())
+	if failures > 0 {
+		t.Errorf("%d runs violated a guarantee", failures)
 	}
 }
 
 // TestSimDeterministic replays seeds and compares their trace digests.
 // Seeds 7, 20, 24 and 29 differed between runs while the fence code
-// iterated its peer map to order dead marks and takeovers.
+// iterated its peer map to order dead marks and takeovers; 19495 with the
+// runner gate while a fence that closed the gate did not count as a fence
+// for the owner contexts it cancelled.
 func TestSimDeterministic(t *testing.T) {
-	for _, seed := range []uint64{1, 7, 20, 24, 29, 42, 1234} {
-		a, b := Run(seed, options()), Run(seed, options())
-		if a.Stats.Digest != b.Stats.Digest || a.Stats.Events != b.Stats.Events {
-			t.Errorf("seed %d: two runs differ: digest %x/%x, events %d/%d", seed, a.Stats.Digest, b.Stats.Digest, a.Stats.Events, b.Stats.Events)
+	gated := options()
+	gated.RunnerGate = true
+	for _, seed := range []uint64{1, 7, 20, 24, 29, 42, 1234, 19495} {
+		for _, opt := range []Options{options(), gated} {
+			a, b := Run(seed, opt), Run(seed, opt)
+			if a.Stats.Digest != b.Stats.Digest || a.Stats.Events != b.Stats.Events {
+				t.Errorf("seed %d, gate %s: two runs differ: digest %x/%x, events %d/%d", seed, gateName(opt), a.Stats.Digest, b.Stats.Digest, a.Stats.Events, b.Stats.Events)
+			}
 		}
 	}
 }

@@ -33,8 +33,22 @@ type Stats struct {
 	CrossNode, Reruns int
 	// Beyond is true when a fault beyond the timing model happened.
 	Beyond bool
-	// BeyondG2 counts entries seen as .pck on two nodes beyond the model.
+	// BeyondG2 counts entries seen as .pck on two nodes beyond the model;
+	// with the runner gate, only entries in flight (.bak) on a node when
+	// its pause or sidecar kill began count (any other is a violation),
+	// and seen means visible and admitted.
 	BeyondG2 int
+	// Gated says the run's runners honoured the runner gate.
+	Gated bool
+	// InFlightBeyond counts the entries in flight (.bak) on a node when a
+	// fault beyond the model began there; InFlightDup those of them that
+	// were dequeued on two nodes.
+	InFlightBeyond, InFlightDup int
+	// ClosedPolls counts runner passes that found .pck files but the gate
+	// admitted none; GateNewRuns dequeues admitted while the gate was not
+	// open (entries born after its cutoff, or after since while
+	// settling); GateWriteErrs gate records that could not be written.
+	ClosedPolls, GateNewRuns, GateWriteErrs int
 	// G5Checked counts crashes whose failover was timed; G5Worst is the
 	// slowest, as a fraction of the allowed bound.
 	G5Checked int
@@ -53,7 +67,9 @@ type Stats struct {
 type Violation struct {
 	// Seed replays the run.
 	Seed uint64
-	// Guarantee is G1, G2, G3, G5, G6 or "sim".
+	// Guarantee is G1, G2, G3, G5, G6, "gate" (an entry uploaded or
+	// restored that the published gate record's cutoff does not cover) or
+	// "sim".
 	Guarantee string
 	// At is the sim time of the violation.
 	At time.Duration
@@ -91,9 +107,15 @@ type world struct {
 	tr     *tracer
 	fail   *Violation
 	stats  Stats
+	// gated: Mailman's runners honour the runner gate, and it is the
+	// fence (fence.Config.RunnerGate).
+	gated bool
 	// beyondAt is when the run went beyond the timing model.
-	beyondAt    time.Duration
-	beyondG2    map[fence.Entry]bool
+	beyondAt time.Duration
+	beyondG2 map[fence.Entry]bool
+	// inFlight: entries in flight on a node when a fault beyond the model
+	// began there.
+	inFlight    map[fence.Entry]bool
 	lastDisturb time.Duration
 	// nextSettleCheck and pendingG5 decide an early end.
 	nextSettleCheck time.Duration
@@ -109,8 +131,13 @@ func Run(seed uint64, opt Options) Result {
 		opt.Trace = 50
 	}
 	w := &world{seed: seed, opt: opt, rng: rand.New(rand.NewPCG(seed, 0x5eed)), layout: fence.NewLayout("mm"),
-		beyondAt: math.MaxInt64, beyondG2: make(map[fence.Entry]bool)}
+		beyondAt: math.MaxInt64, beyondG2: make(map[fence.Entry]bool), inFlight: make(map[fence.Entry]bool), gated: opt.RunnerGate}
 	w.sc = newScenario(w.rng, opt)
+	if w.gated {
+		// Drawn apart, so that a seed's scenario is the same with the
+		// gate on and off.
+		w.sc.drawGate(rand.New(rand.NewPCG(seed, 0x6a7e)))
+	}
 	w.tr = newTracer()
 	w.or = newOracle(w)
 	w.st = newSimStore(w)
@@ -122,7 +149,7 @@ func Run(seed uint64, opt Options) Result {
 		w.nodes = append(w.nodes, sn)
 	}
 	for _, sn := range w.nodes {
-		w.at(time.Duration(w.rng.Int64N(int64(w.sc.ttl/3))), func() { sn.startSidecar(false, true) })
+		w.at(time.Duration(w.rng.Int64N(int64(w.sc.ttl/3))), func() { sn.startNode(false) })
 	}
 	w.schedulePosts()
 	for _, f := range w.sc.faults {
@@ -163,6 +190,10 @@ func (w *world) loop() {
 			for _, sn := range w.nodes {
 				sn.updateMirrorable()
 			}
+		}
+		if w.gated {
+			// Admission changes with time and records, not only files.
+			w.or.recheckG2()
 		}
 		if w.now >= w.nextExposureCheck {
 			w.nextExposureCheck = w.now + w.sc.ttl/2
@@ -216,6 +247,9 @@ func (w *world) finish() {
 	w.stats.CrossNode, w.stats.Reruns = w.or.duplicates()
 	w.stats.Beyond = w.beyondAt != math.MaxInt64
 	w.stats.BeyondG2 = len(w.beyondG2)
+	w.stats.Gated = w.gated
+	w.stats.InFlightBeyond = len(w.inFlight)
+	w.stats.InFlightDup = w.or.crossNodeOf(w.inFlight)
 	w.stats.Digest = w.tr.hash
 	w.stats.TraceEvents = w.tr.n
 }
@@ -252,7 +286,12 @@ func (w *world) unreachable(node int) bool {
 // disturb marks a fault starting or ending, for G5's quiet windows.
 func (w *world) disturb() { w.lastDisturb = w.now }
 
-func (w *world) goneBeyond(at time.Duration, why string) {
+// goneBeyond marks the run beyond the timing model from at; inFlight are
+// the entries the node's runners had in hand when the fault began.
+func (w *world) goneBeyond(at time.Duration, why string, inFlight []fence.Entry) {
+	for _, e := range inFlight {
+		w.inFlight[e] = true
+	}
 	if at < w.beyondAt {
 		w.beyondAt = at
 		w.at(at, func() { w.tracef(-1, evFault, "beyond the timing model from here: %s", why) })
@@ -280,36 +319,34 @@ func (w *world) apply(f fault) {
 		// A crash during a pause of the sidecar extends it: the sidecar
 		// has not acted since the pause began.
 		since := f.at
+		inFlight := sn.disk.inFlight()
 		if max(sn.pauseAll, sn.pauseSidecar) > f.at {
 			since = min(since, sn.pausedSince)
+			inFlight = append(inFlight, sn.inFlightAtPause...)
 		}
 		sn.crash(false, false, f.dur)
 		inc0 := sn.incs
 		w.at(max(since+limit, f.at), func() {
 			inc := sn.inc
 			if sn.mailmanUp && (inc == nil || sn.incs == inc0 || !inc.started && w.starting(inc)) {
-				w.goneBeyond(max(since+limit, f.at), fmt.Sprintf("%s's sidecar down longer than margin+grace while its runners run", sn.id))
+				w.goneBeyond(max(since+limit, f.at), fmt.Sprintf("%s's sidecar down longer than margin+grace while its runners run", sn.id), inFlight)
 			}
 		})
 	case fPause:
-		if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
-			sn.pausedSince = f.at
-		}
+		sn.pauseBegins(f)
 		sn.pauseAll = max(sn.pauseAll, f.at+f.dur)
 		// A pause that begins during another extends it: the sidecar
 		// has not run since the first began.
 		if stall := max(sn.pauseAll, sn.pauseSidecar) - sn.pausedSince; stall > limit {
-			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s paused %v in a row > margin+grace %v", sn.id, stall, limit))
+			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s paused %v in a row > margin+grace %v", sn.id, stall, limit), sn.inFlightAtPause)
 		}
 	case fPauseSidecar:
-		if sn.pauseAll <= f.at && sn.pauseSidecar <= f.at {
-			sn.pausedSince = f.at
-		}
+		sn.pauseBegins(f)
 		sn.pauseSidecar = max(sn.pauseSidecar, f.at+f.dur)
 		if stall := max(sn.pauseAll, sn.pauseSidecar) - sn.pausedSince; stall > limit && sn.mailmanUp {
-			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s's sidecar paused %v in a row > margin+grace %v", sn.id, stall, limit))
+			w.goneBeyond(sn.pausedSince+limit, fmt.Sprintf("%s's sidecar paused %v in a row > margin+grace %v", sn.id, stall, limit), sn.inFlightAtPause)
 		}
-	case fPartition, fOutage:
+	case fPartition, fOutage, fGateFail:
 		w.at(f.at+f.dur, func() { w.tracef(f.node, evFault, "FAULT END %s", faultNames[f.kind]) })
 	case fDrain:
 		if sn.retired || sn.inc == nil || !sn.inc.started || sn.draining {
