@@ -6,6 +6,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,10 +55,14 @@ type GateFile struct {
 	// coordinator's clock.
 	floor       time.Time
 	wasSettling bool
+	denied      []fence.Entry // the earlier run's deny list
 	rec         gatefile.Record
 }
 
-var _ fence.GatePublisher = (*GateFile)(nil)
+var (
+	_ fence.GatePublisher = (*GateFile)(nil)
+	_ fence.GateDenials   = (*GateFile)(nil)
+)
 
 // NewGateFile reads the record an earlier run of the node left, if any,
 // and returns the publisher. It publishes nothing yet.
@@ -88,12 +93,30 @@ func NewGateFile(cfg GateConfig, fsys FS) (*GateFile, error) {
 			g.cur.Cutoff = g.fromWall(fromSeconds(*prev.Cutoff))
 			g.floor = g.cur.Cutoff
 		}
-		if prev.Admit == gatefile.AdmitNew && prev.Deadline > 0 {
+		// Settling after a death: the record admits only entries born
+		// after since, or, closed meanwhile, still carries that since
+		// below its cutoff.
+		if prev.Admit == gatefile.AdmitNew && prev.Deadline > 0 || prev.Cutoff != nil && prev.Since < *prev.Cutoff {
 			g.wasSettling = true
 			g.cur.Since, g.cur.Settling = g.fromWall(fromSeconds(prev.Since)), true
 		}
+		for _, d := range prev.Deny {
+			queue, base, ok := strings.Cut(d, "/")
+			e := fence.Entry{Queue: queue, Base: base, Kind: fence.KindPck}
+			if ok && fence.ValidName(queue) && fence.ValidBase(base) {
+				g.denied = append(g.denied, e)
+			}
+		}
 	}
 	return g, nil
+}
+
+// Denied implements fence.GateDenials: the entries the earlier run's
+// record denied, which stay denied until the node has tended them.
+func (g *GateFile) Denied() []fence.Entry {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]fence.Entry(nil), g.denied...)
 }
 
 // Path is the gate record's file.
@@ -206,10 +229,11 @@ func (g *GateFile) Cover(born time.Time) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	t := g.fromWall(born)
-	if !t.After(g.floor) {
-		return nil
+	if t.After(g.floor) {
+		g.floor = t
 	}
-	g.floor = t
+	// Against what is published: a republish that failed must be tried
+	// again by the next Cover, not pass for done.
 	if !g.have || !t.After(g.cur.Cutoff) {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -221,5 +222,80 @@ func TestHoldOlder(t *testing.T) {
 	}
 	if ok, err := h.m.Hold(inFlight); err != nil || ok {
 		t.Fatalf("Hold of a .bak: %v %v", ok, err)
+	}
+}
+
+// failWrites is an FS whose WriteTemp fails while fail is set.
+type failWrites struct {
+	FS
+	fail bool
+}
+
+func (f *failWrites) WriteTemp(dir, name string, data []byte, uid, gid int, mode os.FileMode) error {
+	if f.fail {
+		return errors.New("disk full")
+	}
+	return f.FS.WriteTemp(dir, name, data, uid, gid, mode)
+}
+
+// TestGateFileCoverRetries: a Cover whose republish failed is done by the
+// next one, not taken for done.
+func TestGateFileCoverRetries(t *testing.T) {
+	dir := t.TempDir()
+	c := newGateClocks()
+	fsys := &failWrites{FS: OSFS{}}
+	g, err := NewGateFile(c.config(dir), fsys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.PublishGate(fence.RunnerGate{Epoch: 1, Admit: fence.AdmitAll, Until: c.clock.Now().Add(2 * time.Second), Reason: fence.GateLive}); err != nil {
+		t.Fatal(err)
+	}
+	ahead := bornAt(c.wall().Add(time.Minute), "ahead")
+	fsys.fail = true
+	if err := g.Cover(ahead.Born()); err == nil {
+		t.Fatal("Cover succeeded without writing the record")
+	}
+	fsys.fail = false
+	if err := g.Cover(ahead.Born()); err != nil {
+		t.Fatal(err)
+	}
+	if rec := readGate(t, dir); *rec.Cutoff < seconds(ahead.Born()) {
+		t.Fatalf("cutoff %v below the birth %v after the retried Cover", *rec.Cutoff, seconds(ahead.Born()))
+	}
+}
+
+// TestGateFileRestartKeepsDenialsAndSettling: a restart takes over the
+// earlier run's deny list, and sees it was settling even when its last
+// record was closed.
+func TestGateFileRestartKeepsDenialsAndSettling(t *testing.T) {
+	dir := t.TempDir()
+	c := newGateClocks()
+	g, err := NewGateFile(c.config(dir), OSFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := bornAt(c.wall(), "denied")
+	if err := g.PublishGate(fence.RunnerGate{Admit: fence.AdmitNew, Reason: fence.GateFenced}); err != nil {
+		t.Fatal(err)
+	}
+	g.MarkDeath()
+	c.clock.Advance(time.Second)
+	if err := g.PublishGate(fence.RunnerGate{Epoch: 2, Admit: fence.AdmitNew, Until: c.clock.Now().Add(2 * time.Second), Reason: fence.GateSettling, Deny: []fence.Entry{denied}}); err != nil {
+		t.Fatal(err)
+	}
+	c.clock.Advance(time.Second)
+	if err := g.PublishGate(fence.RunnerGate{Epoch: 2, Admit: fence.AdmitNew, Reason: fence.GateLost, Deny: []fence.Entry{denied}}); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := NewGateFile(c.config(dir), OSFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g2.WasSettling() {
+		t.Fatal("a closed record written while settling is not read as settling")
+	}
+	if d := g2.Denied(); len(d) != 1 || d[0] != denied {
+		t.Fatalf("Denied() = %v, want %v", d, denied)
 	}
 }
