@@ -296,6 +296,7 @@ func checkPair(t *testing.T, p *types.Project, sidecar string, env map[string]st
 	if _, ok := mm.DependsOn[sidecar]; !ok {
 		t.Errorf("%s does not depend on its sidecar %s", mm.Name, sidecar)
 	}
+	checkComposePlugin(t, mm, env)
 	hook := mm.Environment["DRAIN_HOOK_URL"]
 	u, err := url.Parse(derefOr(hook, ""))
 	if err != nil || u.Hostname() != sidecar || u.Port() != strconv.Itoa(port) {

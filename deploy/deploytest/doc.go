@@ -6,7 +6,8 @@
 // build stage is run on the host and its binary checked to be static and
 // to carry the version and commit it was given, and the environment
 // variables, users, paths, ports, metric names and hook scripts are
-// cross-checked against the code and each other.
+// cross-checked against the code and each other, and so are the mounts of
+// the Mailman plugin (deploy/mailman) and the ConfigMap's copies of it.
 //
 // TestContainerImage then builds the Dockerfile's final stage with podman
 // from that build stage's output (nothing is pulled) and runs the image

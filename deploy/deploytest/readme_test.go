@@ -2,6 +2,8 @@ package deploytest
 
 import (
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,4 +58,20 @@ func TestReadmeSnippet(t *testing.T) {
 	same("fsGroup", *snippet.Spec.SecurityContext.FSGroup, *pod.SecurityContext.FSGroup)
 	same("preStop", snippet.Spec.Containers[0].Lifecycle.PreStop.Exec.Command, pod.Containers[0].Lifecycle.PreStop.Exec.Command)
 	same("terminationGracePeriodSeconds", *snippet.Spec.TerminationGracePeriodSeconds, *pod.TerminationGracePeriodSeconds)
+
+	// Mailman's container: what the README shows (image, environment,
+	// mounts, among them the plugin's) is what the manifest has.
+	gotMM, wantMM := snippet.Spec.Containers[0], pod.Containers[0]
+	same("Mailman image", gotMM.Image, wantMM.Image)
+	wantMMEnv := containerEnv(wantMM)
+	for name, v := range containerEnv(gotMM) {
+		if wantMMEnv[name] != v {
+			t.Errorf("README sets %s=%q for Mailman, the manifest %q", name, v, wantMMEnv[name])
+		}
+	}
+	for _, m := range gotMM.VolumeMounts {
+		if !slices.ContainsFunc(wantMM.VolumeMounts, func(w corev1.VolumeMount) bool { return reflect.DeepEqual(w, m) }) {
+			t.Errorf("README mounts %+v in Mailman's container, the manifest does not", m)
+		}
+	}
 }
