@@ -36,6 +36,17 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 	waiting := false
 	err := retry(ctx, n.clock, 2*time.Second, func() error {
 		err := n.acquire(ctx, freshDisk, true)
+		if errors.Is(err, store.ErrPrecondition) {
+			// The lease changed between the read and the write: this
+			// run's own earlier attempt committed behind a lost answer
+			// (its nonce is known), a peer declared the node dead, an
+			// earlier run's write committed late, another process with
+			// this id wrote it, or it went missing. The next read tells
+			// which, and acquire decides as it does for a lease it finds
+			// so at once; a missing one is waited for (TTL + grace).
+			n.log.Warn("start-up lease write lost a race: reading the lease again", "err", err)
+			return &store.OpError{Op: "put", Key: n.cfg.Layout.LeaseKey(n.cfg.Node), Kind: store.KindTransient, Err: err}
+		}
 		if !errors.Is(err, errNotGoneYet) {
 			return err
 		}
