@@ -195,6 +195,7 @@ func (n *Node) acquire(ctx context.Context, freshDisk, starting bool) error {
 	}
 	n.mu.Lock()
 	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
+	n.handedOff = 0
 	n.unresolved = false
 	n.missingSince = time.Time{}
 	clear(n.restored)
@@ -272,12 +273,12 @@ func (n *Node) Renew(ctx context.Context) error {
 	n.mu.Unlock()
 	drained := n.Drain().Done
 	n.mu.Lock()
-	unsettled := n.unsettled
+	unsettled, handedOff := n.unsettled, n.handedOff
 	n.mu.Unlock()
 	if !resend {
 		next.Seq++
 		next.State = n.leaseState()
-		next.Unsettled, next.Drained = unsettled, drained
+		next.Unsettled, next.Drained, next.Handoffs = unsettled, drained, handedOff
 		// Wall and Nonce stay those of the epoch: a renewal that changes
 		// nothing else changes the body only by Seq, so that peers can
 		// tell its ETag without reading it (predictRenewal).

@@ -143,6 +143,14 @@ type Node struct {
 	restored     map[Entry]uint64 // entries a takeover restored, by epoch
 	settleDone   bool
 	unsettled    bool // held entries of an earlier epoch failed to settle
+
+	// handedOff counts the entries handed off in this epoch
+	// (Lease.Handoffs). handedRefs are the copies handed off that may
+	// still wait for their new owner; drainTail: a drain was cancelled,
+	// and DrainStep hands those again whose new owner dies.
+	handedOff  uint64
+	handedRefs map[Entry]MirrorRef
+	drainTail  bool
 }
 
 type cachedClaim struct {
@@ -180,6 +188,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		claimsMaybe: true,
 		written:     make(map[string]bool),
 		restored:    make(map[Entry]uint64),
+		handedRefs:  make(map[Entry]MirrorRef),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()

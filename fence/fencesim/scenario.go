@@ -98,6 +98,9 @@ type Options struct {
 	// AbandonDrain: a drain ends when the draining node's sidecar
 	// restarts (nobody issues it again).
 	AbandonDrain bool
+	// CancelDrain: the operator cancels every drain after a random time
+	// (up to 3 TTL) unless it finished first; the node stays.
+	CancelDrain bool
 	// Trace is how many trace events a violation prints (default 50).
 	Trace int
 	// Dump, when set, receives the whole trace ring of the run.
