@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
@@ -325,6 +326,9 @@ func (n *Node) Renew(ctx context.Context) error {
 		}
 		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("error").Inc()
+		if ctx.Err() != nil {
+			return err // the sidecar is stopping: no failure to report
+		}
 		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)
 		return err
 	}
@@ -438,7 +442,11 @@ func (n *Node) fence(ctx context.Context, reason string) {
 		n.log.Error("fence: quarantine incomplete", "epoch", epoch, "moved", len(moved), "err", err)
 		return
 	}
-	n.log.Warn("fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
+	level := slog.LevelWarn
+	if reason == "shutdown" {
+		level = slog.LevelInfo // the ordinary end of a clean stop
+	}
+	n.log.Log(ctx, level, "fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
 }
 
 // Stop fences the node because the sidecar is shutting down: nothing the
