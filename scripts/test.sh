@@ -20,8 +20,11 @@ E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
 # The end-to-end test (./e2e, build tag e2e) writes its scenario table
 # here; the summary prints it (go test hides passing tests' output).
 # Debian packages the suites need: mailman3 for the real-Mailman tests,
-# the rest for TLS roots, process and socket inspection.
-DEB_PACKAGES=(mailman3 ca-certificates curl file iproute2 procps util-linux)
+# chromium for the cluster page's test (headless), the rest for TLS roots,
+# process and socket inspection.
+DEB_PACKAGES=(mailman3 chromium ca-certificates curl file iproute2 procps util-linux)
+# Files tests leave for people to look at (the cluster page's screenshot).
+ARTIFACTS_DIR="${HOME}/.cache/mmsidecar/artifacts"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="/usr/local/go/bin:${PATH}"
@@ -195,10 +198,11 @@ main() {
 	# form, off skips them (loudly).
 	export MMSIDECAR_CHAOS_CLUSTER="${MMSIDECAR_CHAOS_CLUSTER:-short}"
 	export MMSIDECAR_E2E_REPORT="${E2E_REPORT}"
+	export MMSIDECAR_TEST_ARTIFACTS="${ARTIFACTS_DIR}"
 
 	split_args "$@"
-	mkdir -p "$(dirname "${LOG_FILE}")"
-	rm -f "${E2E_REPORT}"
+	mkdir -p "$(dirname "${LOG_FILE}")" "${ARTIFACTS_DIR}"
+	rm -f "${E2E_REPORT}" "${ARTIFACTS_DIR}"/*
 	# Compile every test binary first, in parallel; then run the packages
 	# one at a time (-p 1): the real-MinIO, chaos and Mailman suites measure
 	# timing and must not compete with each other for two cores.
@@ -238,6 +242,10 @@ main() {
 	if [[ -s "${E2E_REPORT}" ]]; then
 		echo "end-to-end scenarios (${E2E_REPORT}):"
 		sed 's/^/  /' "${E2E_REPORT}"
+	fi
+	if compgen -G "${ARTIFACTS_DIR}/*" >/dev/null; then
+		echo "artifacts (${ARTIFACTS_DIR}):"
+		ls -1 "${ARTIFACTS_DIR}" | sed 's/^/  /'
 	fi
 	echo "log:      ${LOG_FILE}"
 	echo "total:    $((SECONDS - started))s"

@@ -9,8 +9,14 @@ import (
 	"runtime/debug"
 )
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and commit are set at build time with -ldflags "-X
+// main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD)"; commit is
+// needed where the toolchain cannot stamp it (a build without .git, like
+// the container image's).
+var (
+	version = "dev"
+	commit  = ""
+)
 
 // buildInfo describes the binary.
 type buildInfo struct {
@@ -24,7 +30,7 @@ type buildInfo struct {
 // readBuildInfo combines the -ldflags version with the VCS stamp the Go
 // toolchain records (absent with -buildvcs=false or outside a checkout).
 func readBuildInfo() buildInfo {
-	bi := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	bi := buildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return bi
@@ -35,7 +41,9 @@ func readBuildInfo() buildInfo {
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			bi.Commit = s.Value
+			if bi.Commit == "" {
+				bi.Commit = s.Value
+			}
 		case "vcs.modified":
 			bi.Modified = s.Value == "true"
 		}
