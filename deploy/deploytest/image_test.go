@@ -15,8 +15,13 @@ import (
 	"testing"
 )
 
-// testVersion is injected through the Dockerfile's -X main.version flag.
-const testVersion = "v0.0.0-deploytest"
+// testVersion and testRevision are injected through the Dockerfile's -X
+// main.version and -X main.commit flags (the image is built without .git,
+// so the toolchain's VCS stamp is not there to say it).
+const (
+	testVersion  = "v0.0.0-deploytest"
+	testRevision = "0123456789abcdef-deploytest"
+)
 
 // dockerBuild is the `go build` command line of deploy/Dockerfile's build
 // stage, with the ARG defaults expanded.
@@ -47,7 +52,7 @@ func buildCommand(t *testing.T) dockerBuild {
 	for k, v := range df.Args[in.Stage] {
 		vars[k] = v
 	}
-	vars["VERSION"] = testVersion
+	vars["VERSION"], vars["REVISION"] = testVersion, testRevision
 	vars["TARGETOS"], vars["TARGETARCH"] = runtime.GOOS, runtime.GOARCH
 	words, err := shellWords(in.Args)
 	if err != nil {
@@ -180,8 +185,8 @@ func TestDockerfileStaticBuild(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%s version: %v\n%s", bin, err, out)
 	}
-	if !strings.Contains(string(out), "mmsidecar "+testVersion+" ") {
-		t.Errorf("version output %q does not carry the -X main.version value %q", out, testVersion)
+	if !strings.Contains(string(out), "mmsidecar "+testVersion+" (commit "+testRevision+",") {
+		t.Errorf("version output %q does not carry the -X main.version and main.commit values %q, %q", out, testVersion, testRevision)
 	}
 	// `file` is what CI logs show; the ELF checks above do not need it.
 	if path, err := exec.LookPath("file"); err == nil {
