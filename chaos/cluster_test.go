@@ -243,6 +243,8 @@ func (n *node) env() []string {
 		"MMSIDECAR_LISTEN_ADDR="+n.addr,
 		"MMSIDECAR_LOG_LEVEL=info",
 		"MMSIDECAR_LOG_FORMAT=json",
+		// `mmsidecar drain` (5-drain, takeover-drain) needs the secret.
+		"MMSIDECAR_ADMIN_TOKEN_FILE="+n.c.adminToken(),
 	)
 	env = append(env, n.c.opt.Env...)
 	// Extra settings for experiments, e.g. MMSIDECAR_UPLOAD_CONCURRENCY=32.
@@ -250,6 +252,18 @@ func (n *node) env() []string {
 		env = append(env, strings.Split(extra, ",")...)
 	}
 	return env
+}
+
+// adminToken writes the cluster's admin token file once and returns its
+// path.
+func (c *cluster) adminToken() string {
+	path := filepath.Join(c.root, "admin-token")
+	if _, err := os.Stat(path); err != nil {
+		if err := os.WriteFile(path, []byte("chaos-admin-token-0123456789\n"), 0o600); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return path
 }
 
 func (n *node) startSidecar() {

@@ -115,8 +115,14 @@ func (s *suite) drain(ctx context.Context, t *testing.T) {
 	if !tally.Complete() {
 		t.Errorf("drain: %s", tally)
 	}
-	for _, n := range c.Nodes {
-		s.checkHealthy(ctx, t, n)
+	s.checkHealthy(ctx, t, b)
+	// A drained node stays draining until it stops (or the drain is
+	// cancelled), and says so: alive, not ready (issue 22).
+	if err := a.Mailman.SameRunners(s.health[a.Name]); err != nil {
+		t.Error(err)
+	}
+	if h, r, err := s.sidecars["a"].Probe(ctx); err != nil || h != 200 || r != 503 {
+		t.Errorf("drained node a: /healthz %d /readyz %d %v, want 200 and 503 (draining)", h, r, err)
 	}
 	// b has delivered everything, but its runners may still be unlinking
 	// the last .bak files: wait until its queues are idle and mirrored,

@@ -115,6 +115,11 @@ func NewSidecar(n *Node, cfg SidecarConfig) (*Sidecar, error) {
 	}
 	acct := n.Mailman.Account()
 	s := &Sidecar{node: n, bin: cfg.Bin, addr: "127.0.0.1:" + strconv.Itoa(port)}
+	// `mmsidecar drain` needs the daemon's admin secret.
+	token := filepath.Join(n.Mailman.Dir(), "admin-token")
+	if err := os.WriteFile(token, []byte("e2e-admin-token-0123456789\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write admin token: %w", err)
+	}
 	s.env = append([]string{
 		"MMSIDECAR_NODE_ID=" + n.Name,
 		"MMSIDECAR_QUEUE_DIR=" + n.Mailman.QueueDir(),
@@ -124,6 +129,7 @@ func NewSidecar(n *Node, cfg SidecarConfig) (*Sidecar, error) {
 		"MMSIDECAR_S3_ACCESS_KEY=" + cfg.AccessKey,
 		"MMSIDECAR_S3_SECRET_KEY=" + cfg.SecretKey,
 		"MMSIDECAR_LISTEN_ADDR=" + s.addr,
+		"MMSIDECAR_ADMIN_TOKEN_FILE=" + token,
 	}, cfg.Env...)
 	return s, nil
 }

@@ -30,6 +30,43 @@ func (n *Node) StartDrain(ctx context.Context) {
 	_ = n.Renew(ctx)
 }
 
+// TryStartDrain starts a drain (StartDrain) only when a live peer can
+// take the entries. With none it returns ErrNoPeer and holds nothing: a
+// drain then only hides the queue from Mailman until it is cancelled.
+func (n *Node) TryStartDrain(ctx context.Context) error {
+	n.mu.Lock()
+	alone := !n.drain && len(n.liveSetLocked()) < 2
+	n.mu.Unlock()
+	if alone {
+		return ErrNoPeer
+	}
+	n.StartDrain(ctx)
+	return nil
+}
+
+// CancelDrain ends a drain: the node takes work again and says so in its
+// lease; the entries still held for handoff go back to Mailman's queues
+// through Resettle (the scan loop), each once its claim says it is still
+// this node's, while entries already handed off stay with their new
+// owner. Until every such copy is picked up, DrainStep goes on handing
+// again those whose new owner died first: no one else would. It reports
+// whether a drain was under way.
+func (n *Node) CancelDrain(ctx context.Context) bool {
+	n.mu.Lock()
+	was := n.drain
+	n.drain, n.drainEmpty, n.drainWaiting = false, false, 0
+	n.drainTail = n.drainTail || was
+	if n.state == StateDraining {
+		n.setStateLocked(StateLive)
+	}
+	n.mu.Unlock()
+	if was {
+		n.log.Info("drain cancelled")
+		_ = n.Renew(ctx)
+	}
+	return was
+}
+
 // DrainStatus says whether a drain is under way and whether it is done:
 // nothing queued, in flight or held here, and nothing left in this node's
 // namespace for a peer to pick up.
@@ -63,10 +100,13 @@ func (n *Node) Drain() DrainStatus {
 
 // DrainStep hands every held entry to a live peer, hands again entries
 // whose chosen peer died before picking them up, and records whether
-// anything is left.
+// anything is left. After a cancelled drain it does only the second, until
+// no handed-off copy waits.
 func (n *Node) DrainStep(ctx context.Context) error {
 	n.mu.Lock()
-	if !n.drain || n.state != StateDraining {
+	draining := n.drain && n.state == StateDraining
+	tail := !n.drain && n.drainTail && n.state == StateLive
+	if !draining && !tail {
 		n.mu.Unlock()
 		return nil
 	}
@@ -87,8 +127,17 @@ func (n *Node) DrainStep(ctx context.Context) error {
 	sort.Strings(peers)
 	octx, done, _ := n.ownerCtx(ctx)
 	defer done()
+	if tail {
+		return n.drainTailStep(octx, peers, epochs)
+	}
 	var firstErr error
 	for _, e := range n.local.Held() {
+		n.mu.Lock()
+		cancelled := !n.drain
+		n.mu.Unlock()
+		if cancelled {
+			break // CancelDrain: the rest goes back to Mailman
+		}
 		if err := n.handOff(octx, e, peers, epochs); err != nil {
 			firstErr = cmpErr(firstErr, err)
 		}
@@ -100,7 +149,9 @@ func (n *Node) DrainStep(ctx context.Context) error {
 		return cmpErr(firstErr, err)
 	}
 	waiting := 0
+	listed := make(map[Entry]bool, len(refs))
 	for _, r := range refs {
+		listed[r.Entry] = true
 		if n.local.Has(r.Entry) {
 			continue
 		}
@@ -110,8 +161,48 @@ func (n *Node) DrainStep(ctx context.Context) error {
 		}
 	}
 	n.mu.Lock()
+	for e := range n.handedRefs {
+		if !listed[e] {
+			delete(n.handedRefs, e) // picked up by its new owner
+		}
+	}
 	n.drainWaiting = waiting
 	n.drainEmpty = len(refs) == 0 && firstErr == nil
+	n.mu.Unlock()
+	return firstErr
+}
+
+// drainTailStep follows the copies a cancelled drain handed off: one the
+// new owner picked up (its copy here is gone) is forgotten, one whose new
+// owner died first is handed again. The tail ends when none is left.
+func (n *Node) drainTailStep(ctx context.Context, peers []string, epochs map[string]uint64) error {
+	n.mu.Lock()
+	refs := make([]MirrorRef, 0, len(n.handedRefs))
+	for _, r := range n.handedRefs {
+		refs = append(refs, r)
+	}
+	n.mu.Unlock()
+	sort.Slice(refs, func(i, j int) bool { return refs[i].Entry.String() < refs[j].Entry.String() })
+	var firstErr error
+	for _, r := range refs {
+		_, err := n.st.Stat(ctx, n.cfg.Layout.MirrorKey(r.Node, r.Epoch, r.Entry))
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			n.mu.Lock()
+			delete(n.handedRefs, r.Entry)
+			n.mu.Unlock()
+		case err != nil:
+			firstErr = cmpErr(firstErr, fmt.Errorf("drain: %w", err))
+		default:
+			if err := n.rehandOff(ctx, r, peers, epochs); err != nil {
+				firstErr = cmpErr(firstErr, err)
+			}
+		}
+	}
+	n.mu.Lock()
+	if len(n.handedRefs) == 0 {
+		n.drainTail = false
+	}
 	n.mu.Unlock()
 	return firstErr
 }
@@ -151,6 +242,10 @@ func (n *Node) handOff(ctx context.Context, e Entry, peers []string, epochs map[
 		return fmt.Errorf("drop after handoff: %w", err)
 	}
 	n.m.handoffs.Inc()
+	n.mu.Lock()
+	n.handedOff++
+	n.handedRefs[e] = ref
+	n.mu.Unlock()
 	n.log.Info("handed off", "entry", e.String(), "to", to, "token", next.Token)
 	return nil
 }

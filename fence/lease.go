@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
@@ -41,6 +42,17 @@ func (n *Node) Start(ctx context.Context, freshDisk bool) error {
 	waiting := false
 	err := retry(ctx, n.clock, 2*time.Second, func() error {
 		_, err := n.acquire(ctx, freshDisk, true)
+		if errors.Is(err, store.ErrPrecondition) {
+			// The lease changed between the read and the write: this
+			// run's own earlier attempt committed behind a lost answer
+			// (its nonce is known), a peer declared the node dead, an
+			// earlier run's write committed late, another process with
+			// this id wrote it, or it went missing. The next read tells
+			// which, and acquire decides as it does for a lease it finds
+			// so at once; a missing one is waited for (TTL + grace).
+			n.log.Warn("start-up lease write lost a race: reading the lease again", "err", err)
+			return &store.OpError{Op: "put", Key: n.cfg.Layout.LeaseKey(n.cfg.Node), Kind: store.KindTransient, Err: err}
+		}
 		if !errors.Is(err, errNotGoneYet) {
 			return err
 		}
@@ -229,6 +241,7 @@ func (n *Node) acquireLease(ctx context.Context, freshDisk, starting bool, died 
 	}
 	n.mu.Lock()
 	n.lease, n.leaseETag, n.renewedAt = next, put.ETag, began
+	n.handedOff = 0
 	n.unresolved = false
 	n.missingSince = time.Time{}
 	clear(n.restored)
@@ -324,12 +337,12 @@ func (n *Node) Renew(ctx context.Context) error {
 	n.mu.Unlock()
 	drained := n.Drain().Done
 	n.mu.Lock()
-	unsettled := n.unsettled
+	unsettled, handedOff := n.unsettled, n.handedOff
 	n.mu.Unlock()
 	if !resend {
 		next.Seq++
 		next.State = n.leaseState()
-		next.Unsettled, next.Drained = unsettled, drained
+		next.Unsettled, next.Drained, next.Handoffs = unsettled, drained, handedOff
 		// Wall and Nonce stay those of the epoch: a renewal that changes
 		// nothing else changes the body only by Seq, so that peers can
 		// tell its ETag without reading it (predictRenewal).
@@ -383,6 +396,9 @@ func (n *Node) Renew(ctx context.Context) error {
 		}
 		n.mu.Unlock()
 		n.m.renewals.WithLabelValues("error").Inc()
+		if ctx.Err() != nil {
+			return err // the sidecar is stopping: no failure to report
+		}
 		n.log.Warn("lease renewal failed", "epoch", next.Epoch, "err", err)
 		return err
 	}
@@ -521,7 +537,11 @@ func (n *Node) fence(ctx context.Context, reason string) {
 		n.log.Error("fence: quarantine incomplete", "epoch", epoch, "moved", len(moved), "err", err)
 		return
 	}
-	n.log.Warn("fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
+	level := slog.LevelWarn
+	if reason == "shutdown" {
+		level = slog.LevelInfo // the ordinary end of a clean stop
+	}
+	n.log.Log(ctx, level, "fenced", "epoch", epoch, "reason", reason, "quarantined", len(moved))
 }
 
 // Stop fences the node because the sidecar is shutting down: nothing the

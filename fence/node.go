@@ -164,6 +164,14 @@ type Node struct {
 	// to settle in place (RunnerGate): reclaimed, or denied to runners.
 	inFlightOld []Entry
 	gate        *gateKeeper
+
+	// handedOff counts the entries handed off in this epoch
+	// (Lease.Handoffs). handedRefs are the copies handed off that may
+	// still wait for their new owner; drainTail: a drain was cancelled,
+	// and DrainStep hands those again whose new owner dies.
+	handedOff  uint64
+	handedRefs map[Entry]MirrorRef
+	drainTail  bool
 }
 
 type cachedClaim struct {
@@ -206,6 +214,7 @@ func New(cfg Config, st store.Store, local Local, clock Clock, rnd Rand, m *Metr
 		restored:    make(map[Entry]uint64),
 		gate:        newGateKeeper(cfg.Gate, m),
 		loopErrs:    make(map[string]loggedErr),
+		handedRefs:  make(map[Entry]MirrorRef),
 	}
 	n.liveCtx, n.liveCancel = context.WithCancel(context.Background())
 	n.liveCancel()
@@ -316,9 +325,11 @@ const loopErrEvery = 30 * time.Second
 
 // loopErr counts a failed turn of a loop (work that was not done) and
 // logs it: at once when the error is new, then at most every
-// loopErrEvery. The end of ctx is no failure.
+// loopErrEvery.
 func (n *Node) loopErr(ctx context.Context, loop string, err error) {
-	if err == nil || ctx.Err() != nil {
+	if err == nil || ctx.Err() != nil || errors.Is(err, context.Canceled) {
+		// Cut short by the end of ctx, or by a fence or stop that
+		// cancelled the owner context: nothing failed.
 		return
 	}
 	n.m.loopErrs.WithLabelValues(loop).Inc()

@@ -45,6 +45,10 @@ type flaky struct {
 	// (forgets), and a create-if-absent goes through over the object
 	// (createsOver).
 	forgets, createsOver func(key string) bool
+	// aroundPut, when set (before the node runs), is called instead of
+	// the Put itself with a function that does it: it can act before the
+	// write, after it, or replace its answer.
+	aroundPut func(key string, cond store.Condition, put func() (store.Info, error)) (store.Info, error)
 }
 
 var errDown = &store.OpError{Op: "any", Kind: store.KindTransient, Code: "unreachable", Err: errors.New("store unreachable")}
@@ -88,6 +92,9 @@ func (f *flaky) Put(ctx context.Context, key string, body io.Reader, size int64,
 	}
 	if f.createsOver != nil && f.createsOver(key) && cond.IfAbsent {
 		cond = store.Condition{}
+	}
+	if f.aroundPut != nil {
+		return f.aroundPut(key, cond, func() (store.Info, error) { return f.Store.Put(ctx, key, body, size, cond) })
 	}
 	return f.Store.Put(ctx, key, body, size, cond)
 }

@@ -51,6 +51,11 @@ type Lease struct {
 	// Drained says the node finished a drain: it holds nothing, so no
 	// claim needs to stay for its sake until it starts a new epoch.
 	Drained bool `json:"drained,omitempty"`
+	// Handoffs counts the entries the node handed to peers in this epoch.
+	// A peer that sees it change knows that claims naming it may exist,
+	// also when the drain that wrote them was cancelled before the peer
+	// saw the node draining (the body then differs from a plain renewal).
+	Handoffs uint64 `json:"handoffs,omitempty"`
 	// TTLMillis is the holder's lease TTL, for status displays.
 	TTLMillis int64 `json:"ttl_ms"`
 	// Wall is the writer's wall clock when the epoch began (or when a

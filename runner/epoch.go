@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -88,4 +89,16 @@ func parseEpochRecord(s string) (string, uint64, bool) {
 		return "", 0, false
 	}
 	return fields[0], epoch, true
+}
+
+// EpochRecordNode returns the node the epoch record in stateDir was
+// written for, so that a sidecar can refuse a disk that belongs to
+// another node id; ok is false without a readable record.
+func EpochRecordNode(stateDir string) (node string, ok bool) {
+	data, err := os.ReadFile(filepath.Join(stateDir, epochFileName))
+	if err != nil {
+		return "", false
+	}
+	node, _, ok = parseEpochRecord(string(data))
+	return node, ok
 }

@@ -141,7 +141,9 @@ func (m *Mirror) Quarantine(ctx context.Context, all bool) ([]fence.Entry, error
 		}
 	}
 	if len(moved) > 0 {
-		m.log.Warn("quarantined entries", "count", len(moved), "all", all)
+		// Info: the coordinator's fence says at WARN when this is news
+		// (not for a clean stop).
+		m.log.Info("quarantined entries", "count", len(moved), "all", all)
 	}
 	return moved, errors.Join(errs...)
 }

@@ -24,7 +24,9 @@ for _ in $(seq 300); do
   sleep 0.1
 done
 grep -q 'msg=ready' "$work/sidecar.log" || { cat "$work/sidecar.log"; echo "demo: sidecar not ready" >&2; exit 1; }
-echo "==> sidecar is ready"
+echo "==> sidecar is ready; its cluster page: http://${MMSIDECAR_LISTEN_ADDR}/"
+echo "    (the embedded store is for trying the sidecar out: the WARNING below says that"
+echo "    a real cluster needs MMSIDECAR_S3_ENDPOINT, a store every node can see)"
 
 # Enqueue like Mailman: write <time>+<sha1>.pck.tmp, then rename to .pck.
 enqueue() { # queue text

@@ -33,9 +33,11 @@ E2E_REPORT="${HOME}/.cache/mmsidecar/last-e2e-report.txt"
 # Debian packages the suites need: mailman3 for the real-Mailman tests,
 # python3-pytest for the Mailman plugin's tests (deploy/mailman), podman
 # and runc to build and run the container image (deploy/deploytest;
-# podman 4.3.1, runc as the OCI runtime), the rest for TLS roots, process
-# and socket inspection.
-DEB_PACKAGES=(mailman3 python3-pytest podman runc ca-certificates curl file iproute2 procps util-linux)
+# podman 4.3.1, runc as the OCI runtime), chromium for the cluster page's
+# test (headless), the rest for TLS roots, process and socket inspection.
+DEB_PACKAGES=(mailman3 python3-pytest podman runc chromium ca-certificates curl file iproute2 procps util-linux)
+# Files tests leave for people to look at (the cluster page's screenshot).
+ARTIFACTS_DIR="${HOME}/.cache/mmsidecar/artifacts"
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PATH="/usr/local/go/bin:${PATH}"
@@ -322,10 +324,11 @@ main() {
 	# form: full runs the 2,000-message form, off skips them (loudly).
 	export MMSIDECAR_CHAOS_SEAWEEDFS="${MMSIDECAR_CHAOS_SEAWEEDFS:-short}"
 	export MMSIDECAR_E2E_REPORT="${E2E_REPORT}"
+	export MMSIDECAR_TEST_ARTIFACTS="${ARTIFACTS_DIR}"
 
 	split_args "$@"
-	mkdir -p "$(dirname "${LOG_FILE}")"
-	rm -f "${E2E_REPORT}"
+	mkdir -p "$(dirname "${LOG_FILE}")" "${ARTIFACTS_DIR}"
+	rm -f "${E2E_REPORT}" "${ARTIFACTS_DIR}"/*
 	# Compile every test binary first, in parallel; then run the packages
 	# one at a time (-p 1): the real-MinIO, chaos and Mailman suites measure
 	# timing and must not compete with each other for two cores.
@@ -382,6 +385,10 @@ main() {
 	if [[ -s "${E2E_REPORT}" ]]; then
 		echo "end-to-end scenarios (${E2E_REPORT}):"
 		sed 's/^/  /' "${E2E_REPORT}"
+	fi
+	if compgen -G "${ARTIFACTS_DIR}/*" >/dev/null; then
+		echo "artifacts (${ARTIFACTS_DIR}):"
+		ls -1 "${ARTIFACTS_DIR}" | sed 's/^/  /'
 	fi
 	echo "log:      ${LOG_FILE}"
 	echo "total:    $((SECONDS - started))s"

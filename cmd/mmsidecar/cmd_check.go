@@ -43,6 +43,9 @@ type checkOutput struct {
 	Config checkStep       `json:"config"`
 	Store  *checkStep      `json:"store,omitempty"`
 	Probe  json.RawMessage `json:"probe,omitempty"`
+	// Warnings are loud notes that do not fail the check, such as cluster
+	// mode on a store only this host can see.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func runCheck(ctx context.Context, args []string) error {
@@ -61,6 +64,11 @@ func runCheck(ctx context.Context, args []string) error {
 	if err != nil {
 		return checkFailed(checkOutput{Config: checkStep{Detail: err.Error()}}, *asJSON, err)
 	}
+	if cfg.S3Endpoint == "" {
+		if why, missing := embeddedStoreOwner(cfg); why != "" {
+			return checkEmbeddedUnprobed(cfg, why, missing, *asJSON)
+		}
+	}
 	st, err := openStore(cfg)
 	var ce *ConfigError
 	switch {
@@ -72,6 +80,46 @@ func runCheck(ctx context.Context, args []string) error {
 	}
 	defer closeStore(st)
 	return check(ctx, cfg, st, os.Stdout, *asJSON)
+}
+
+// checkEmbeddedUnprobed reports an embedded store that check leaves
+// alone: one that does not exist yet (nothing to probe: ok) or one that
+// belongs to another user (writing into it would break the daemon: fail).
+func checkEmbeddedUnprobed(cfg *Config, why string, missing bool, asJSON bool) error {
+	out := checkOutput{OK: missing, Config: checkStep{OK: true, Detail: configSummary(cfg)}, Warnings: checkWarnings(cfg),
+		Store: &checkStep{OK: missing, Detail: fmt.Sprintf("embedded directory store %s %s", cfg.StoreDir, why)}}
+	var result error
+	if !missing {
+		result = fmt.Errorf("store not probed: %s", out.Store.Detail)
+	}
+	if asJSON {
+		if err := writeJSON(os.Stdout, out); err != nil {
+			return err
+		}
+		return result
+	}
+	var text strings.Builder
+	writeStep(&text, stepConfig, out.Config)
+	writeStep(&text, stepReachable, *out.Store)
+	writeWarnings(&text, out.Warnings)
+	if _, err := io.WriteString(os.Stdout, text.String()); err != nil {
+		return err
+	}
+	return result
+}
+
+// checkWarnings are the loud notes check adds to a passing verdict.
+func checkWarnings(cfg *Config) []string {
+	if w := localStoreWarning(cfg); w != "" {
+		return []string{w}
+	}
+	return nil
+}
+
+func writeWarnings(w io.Writer, warnings []string) {
+	for _, warn := range warnings {
+		fmt.Fprintf(w, "WARN %s\n", warn)
+	}
 }
 
 // checkFailed reports a check that ended before the store could be
@@ -89,7 +137,7 @@ func checkFailed(out checkOutput, asJSON bool, err error) error {
 // or JSON. It returns nil only when the store is reachable and safe.
 func check(ctx context.Context, cfg *Config, st store.Store, w io.Writer, asJSON bool) error {
 	prefix := fence.NewLayout(cfg.S3Prefix).Prefix()
-	out := checkOutput{Config: checkStep{OK: true, Detail: configSummary(cfg)}}
+	out := checkOutput{Config: checkStep{OK: true, Detail: configSummary(cfg)}, Warnings: checkWarnings(cfg)}
 	var text strings.Builder
 	writeStep(&text, stepConfig, out.Config)
 
@@ -118,6 +166,7 @@ func check(ctx context.Context, cfg *Config, st store.Store, w io.Writer, asJSON
 			}
 		}
 	}
+	writeWarnings(&text, out.Warnings)
 	out.OK = result == nil
 	if asJSON {
 		if err := writeJSON(w, out); err != nil {

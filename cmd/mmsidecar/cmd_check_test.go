@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mmsidecar/mmsidecar/store"
+	"github.com/mmsidecar/mmsidecar/store/dirstore"
 	"github.com/mmsidecar/mmsidecar/store/memstore"
 	"github.com/mmsidecar/mmsidecar/store/probe"
 	"github.com/mmsidecar/mmsidecar/store/storetest"
@@ -92,7 +93,46 @@ func wantSafeRun(t *testing.T, env map[string]string) {
 }
 
 func TestCheckEmbeddedStore(t *testing.T) {
-	wantSafeRun(t, checkEnv(t))
+	t.Run("created by run", func(t *testing.T) {
+		env := checkEnv(t)
+		st, err := dirstore.Open(env["MMSIDECAR_STORE_DIR"]) // as `run` leaves it
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+		wantSafeRun(t, env)
+	})
+	t.Run("not there yet", func(t *testing.T) {
+		// check creates nothing: no store directory, no state directory
+		// (issue 22); it says the store is not there yet and passes.
+		env := checkEnv(t)
+		for _, args := range [][]string{{"check"}, {"check", "-json"}} {
+			r := runMain(t, env, args...)
+			if r.code != 0 || !strings.Contains(r.stdout, "does not exist yet") {
+				t.Errorf("%v:\n%s", args, r)
+			}
+		}
+		for _, dir := range []string{env["MMSIDECAR_STORE_DIR"], filepath.Join(env["MMSIDECAR_QUEUE_DIR"], ".mmsidecar")} {
+			if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("check created %s: %v", dir, err)
+			}
+		}
+	})
+	t.Run("cluster mode says the store is single-host", func(t *testing.T) {
+		env := checkEnv(t)
+		r := runMain(t, env, "check")
+		if !strings.Contains(r.stdout, "WARN SINGLE-HOST STORE") {
+			t.Errorf("no warning for cluster mode on the embedded store:\n%s", r)
+		}
+		r = runMain(t, env, "check", "-json")
+		if !strings.Contains(r.stdout, `"warnings"`) || !strings.Contains(r.stdout, "SINGLE-HOST STORE") {
+			t.Errorf("no warning in check -json:\n%s", r)
+		}
+		env["MMSIDECAR_MODE"] = "mirror"
+		if r := runMain(t, env, "check"); strings.Contains(r.stdout, "SINGLE-HOST") {
+			t.Errorf("mirror mode on the embedded store is what it is for:\n%s", r)
+		}
+	})
 }
 
 // TestCheckS3Endpoint runs check against the S3 endpoint of the
@@ -255,7 +295,7 @@ func TestStartupProbeWaitsForAHealingStore(t *testing.T) {
 	t.Run("healing", func(t *testing.T) {
 		healed := new(atomic.Bool)
 		done := make(chan error, 1)
-		go func() { done <- startupProbe(t.Context(), cfg, healingStore{memstore.New(), healed}, log) }()
+		go func() { done <- startupProbe(t.Context(), cfg, healingStore{memstore.New(), healed}, log, nil) }()
 		deadline := time.After(time.Minute)
 		for !strings.Contains(logs.String(), "not with a broken condition; retrying") {
 			select {
@@ -277,7 +317,7 @@ func TestStartupProbeWaitsForAHealingStore(t *testing.T) {
 		}
 	})
 	t.Run("ignores conditions", func(t *testing.T) {
-		err := startupProbe(t.Context(), cfg, blindStore{memstore.New()}, log)
+		err := startupProbe(t.Context(), cfg, blindStore{memstore.New()}, log, nil)
 		if err == nil || !strings.Contains(err.Error(), "store is unsafe") {
 			t.Fatalf("startupProbe on a store that ignores conditions: %v, want 'store is unsafe'", err)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -25,6 +26,12 @@ type statusOutput struct {
 	Nodes []statusNode `json:"nodes"`
 	// Local is the local daemon's own view, when it answers.
 	Local *localStatus `json:"local,omitempty"`
+	// LocalError says why there is no local view, e.g. "no daemon at
+	// 127.0.0.1:9464".
+	LocalError string `json:"local_error,omitempty"`
+	// Warnings are configuration problems worth shouting about, such as
+	// cluster mode on a store only this host can see.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 type statusNode struct {
@@ -57,11 +64,15 @@ type localStatus struct {
 	State          string                `json:"state"`
 	Epoch          uint64                `json:"epoch"`
 	Ready          bool                  `json:"ready"`
+	NotReady       string                `json:"not_ready,omitempty"`
+	Phase          string                `json:"phase,omitempty"`
 	PendingUploads int                   `json:"pending_uploads"`
 	PendingDeletes int                   `json:"pending_deletes"`
 	Queues         map[string]localQueue `json:"queues"`
 	Peers          []localPeer           `json:"peers,omitempty"`
 	Gate           *gateStatus           `json:"gate,omitempty"`
+	Warnings       []string              `json:"warnings,omitempty"`
+	Events         []event               `json:"events,omitempty"`
 }
 
 type localQueue struct {
@@ -70,8 +81,8 @@ type localQueue struct {
 	Psv        int       `json:"psv"`
 	Held       int       `json:"held"`
 	Unmirrored int       `json:"unmirrored"`
-	Oldest     time.Time `json:"oldest,omitempty"`
-	LastMirror time.Time `json:"last_mirror,omitempty"`
+	Oldest     time.Time `json:"oldest,omitzero"`
+	LastMirror time.Time `json:"last_mirror,omitzero"`
 }
 
 type localPeer struct {
@@ -83,8 +94,16 @@ type localPeer struct {
 
 func (d *daemon) localStatus() localStatus {
 	st := d.mirror.Stats()
-	out := localStatus{Node: d.cfg.NodeID, Mode: string(d.cfg.Mode), State: "mirroring", Ready: d.ready() == nil,
-		PendingUploads: st.PendingUploads, PendingDeletes: st.PendingDeletes, Queues: map[string]localQueue{}}
+	notReady := d.ready()
+	phase, _, _ := d.phase.get()
+	out := localStatus{Node: d.cfg.NodeID, Mode: string(d.cfg.Mode), State: "mirroring", Ready: notReady == nil, Phase: phase,
+		PendingUploads: st.PendingUploads, PendingDeletes: st.PendingDeletes, Queues: map[string]localQueue{}, Events: d.events.recent()}
+	if notReady != nil {
+		out.NotReady = notReady.Error()
+	}
+	if w := localStoreWarning(d.cfg); w != "" {
+		out.Warnings = append(out.Warnings, w)
+	}
 	for q, s := range st.Queues {
 		out.Queues[q] = localQueue{Pck: s.Pck, Bak: s.Bak, Psv: s.Psv, Held: s.Held, Unmirrored: s.Unmirrored, Oldest: s.Oldest, LastMirror: s.LastMirror}
 	}
@@ -112,7 +131,7 @@ func runStatus(ctx context.Context, args []string) error {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	st, err := openStore(cfg)
+	st, err := openStoreReadOnly(cfg)
 	if err != nil {
 		return err
 	}
@@ -122,7 +141,10 @@ func runStatus(ctx context.Context, args []string) error {
 		return fmt.Errorf("read store: %w", err)
 	}
 	out := statusOf(cs)
-	out.Local = fetchLocal(ctx, cfg.ListenAddr)
+	out.Local, out.LocalError = fetchLocal(ctx, cfg.ListenAddr)
+	if w := localStoreWarning(cfg); w != "" {
+		out.Warnings = append(out.Warnings, w)
+	}
 	if *asJSON {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -148,66 +170,87 @@ func statusOf(cs fence.ClusterStatus) statusOutput {
 	return out
 }
 
-func fetchLocal(ctx context.Context, addr string) *localStatus {
+// fetchLocal asks the local daemon for its view; without one it says why.
+func fetchLocal(ctx context.Context, addr string) (*localStatus, string) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
 	if err != nil {
-		return nil
+		return nil, err.Error()
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil
+		return nil, fmt.Sprintf("no daemon at %s (MMSIDECAR_LISTEN_ADDR): %v", addr, errors.Unwrap(err))
 	}
 	defer resp.Body.Close()
 	var ls localStatus
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&ls) != nil {
-		return nil
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Sprintf("the daemon at %s answered %s", addr, resp.Status)
 	}
-	return &ls
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&ls); err != nil {
+		return nil, fmt.Sprintf("the daemon at %s answered something that is not its status: %v", addr, err)
+	}
+	return &ls, ""
+}
+
+// ageOf prints the age of a time for people, "-" for none.
+func ageOf(t, now time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return humanDuration(now.Sub(t)) + " ago"
 }
 
 func printStatus(w io.Writer, out statusOutput) {
+	for _, warn := range out.Warnings {
+		fmt.Fprintf(w, "WARNING: %s\n\n", warn)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tSTATE\tEPOCH\tLEASE AGE\tENTRIES")
 	for _, n := range out.Nodes {
 		age := "-"
 		if n.LeaseAgeSeconds >= 0 {
-			age = (time.Duration(n.LeaseAgeSeconds * float64(time.Second))).Round(100 * time.Millisecond).String()
+			age = humanDuration(time.Duration(n.LeaseAgeSeconds * float64(time.Second)))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\n", n.Node, n.State, n.Epoch, age, n.Entries)
 		for _, q := range n.Queues {
-			oldest := time.Duration(q.OldestAgeSeconds * float64(time.Second)).Round(time.Second)
-			fmt.Fprintf(tw, "  %s\t\t\t\t%d (oldest %s ago, %d bytes)\n", q.Queue, q.Entries, oldest, q.Bytes)
+			fmt.Fprintf(tw, "  %s\t\t\t\t%d (oldest %s, %d bytes)\n", q.Queue, q.Entries, ageOf(q.Oldest, out.Taken), q.Bytes)
 		}
+	}
+	if len(out.Nodes) == 0 {
+		fmt.Fprintln(tw, "(no node has written to this store yet)")
 	}
 	tw.Flush()
 	fmt.Fprintf(w, "claims: %d\n", out.Claims)
-	if l := out.Local; l != nil {
-		fmt.Fprintf(w, "\nlocal daemon %s: %s, epoch %d, ready %v, %d uploads and %d deletes pending\n",
-			l.Node, l.State, l.Epoch, l.Ready, l.PendingUploads, l.PendingDeletes)
-		names := make([]string, 0, len(l.Queues))
-		for q := range l.Queues {
-			names = append(names, q)
-		}
-		sort.Strings(names)
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "QUEUE\tPCK\tBAK\tPSV\tHELD\tUNMIRRORED\tLAST MIRROR")
-		for _, q := range names {
-			s := l.Queues[q]
-			last := "-"
-			if !s.LastMirror.IsZero() {
-				last = time.Since(s.LastMirror).Round(100*time.Millisecond).String() + " ago"
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\n", q, s.Pck, s.Bak, s.Psv, s.Held, s.Unmirrored, last)
-		}
-		tw.Flush()
-		for _, p := range l.Peers {
-			fmt.Fprintf(w, "peer %s: %s, epoch %d, silent %.1fs\n", p.Node, p.State, p.Epoch, p.SilenceSeconds)
-		}
-		if g := l.Gate; g != nil {
-			fmt.Fprintln(w, gateLine(g))
-		}
+	l := out.Local
+	if l == nil {
+		fmt.Fprintf(w, "\nlocal daemon: %s\n", out.LocalError)
+		return
+	}
+	ready := "ready"
+	if !l.Ready {
+		ready = "NOT READY: " + l.NotReady
+	}
+	fmt.Fprintf(w, "\nlocal daemon %s: %s, epoch %d, %s; %d uploads and %d deletes pending\n",
+		l.Node, l.State, l.Epoch, ready, l.PendingUploads, l.PendingDeletes)
+	names := make([]string, 0, len(l.Queues))
+	for q := range l.Queues {
+		names = append(names, q)
+	}
+	sort.Strings(names)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE\tPCK\tBAK\tPSV\tHELD\tUNMIRRORED\tOLDEST\tLAST MIRROR")
+	now := time.Now()
+	for _, q := range names {
+		s := l.Queues[q]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", q, s.Pck, s.Bak, s.Psv, s.Held, s.Unmirrored, ageOf(s.Oldest, now), ageOf(s.LastMirror, now))
+	}
+	tw.Flush()
+	for _, p := range l.Peers {
+		fmt.Fprintf(w, "peer %s: %s, epoch %d, silent %s\n", p.Node, p.State, p.Epoch, humanDuration(time.Duration(p.SilenceSeconds*float64(time.Second))))
+	}
+	if g := l.Gate; g != nil {
+		fmt.Fprintln(w, gateLine(g))
 	}
 }
 

@@ -9,10 +9,10 @@ import (
 	"runtime/debug"
 )
 
-// version and commit are set at build time with -ldflags
-// "-X main.version=v1.2.3 -X main.commit=<git hash>". The commit is for
-// builds that see no checkout (the container build has no .git); without
-// it the toolchain's VCS stamp is used.
+// version and commit are set at build time with -ldflags "-X
+// main.version=v1.2.3 -X main.commit=$(git rev-parse HEAD)"; commit is
+// needed where the toolchain cannot stamp it (a build without .git, like
+// the container image's).
 var (
 	version = "dev"
 	commit  = ""

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,8 +93,8 @@ type Config struct {
 	S3SecretKey Secret `env:"MMSIDECAR_S3_SECRET_KEY"`
 	// S3SecretKeyFile names a file holding the secret key.
 	S3SecretKeyFile string `env:"MMSIDECAR_S3_SECRET_KEY_FILE"`
-	// S3TLS connects with HTTPS.
-	S3TLS bool `env:"MMSIDECAR_S3_TLS, default=false"`
+	// S3TLS connects with HTTPS; an https:// endpoint sets it.
+	S3TLS bool `env:"MMSIDECAR_S3_TLS"`
 	// S3CAFile is a PEM bundle of CAs to trust besides the system's.
 	S3CAFile string `env:"MMSIDECAR_S3_CA_FILE"`
 	// S3RequestTimeout bounds each store request.
@@ -136,10 +138,18 @@ type Config struct {
 
 	// ListenAddr is the HTTP listener (health, metrics, drain, status).
 	ListenAddr string `env:"MMSIDECAR_LISTEN_ADDR, default=127.0.0.1:9464"`
+	// AdminTokenFile names the file holding AdminToken.
+	AdminTokenFile string `env:"MMSIDECAR_ADMIN_TOKEN_FILE"`
+	// AdminToken is the secret state-changing HTTP requests must carry;
+	// empty refuses them all.
+	AdminToken Secret
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `env:"MMSIDECAR_LOG_LEVEL, default=info"`
 	// LogFormat is text or json.
 	LogFormat string `env:"MMSIDECAR_LOG_FORMAT, default=text"`
+
+	// meta is where the values came from (LoadConfig).
+	meta *configMeta
 }
 
 // ConfigError is a configuration problem: Var is the variable, Value its
@@ -156,8 +166,11 @@ type ConfigError struct {
 // Error formats the error as `VAR="value": reason`, never showing a
 // secret.
 func (e *ConfigError) Error() string {
-	if e.Var == "" {
+	switch {
+	case e.Var == "":
 		return e.Reason
+	case e.Value == "":
+		return fmt.Sprintf("%s is not set: %s", e.Var, e.Reason)
 	}
 	v := e.Value
 	if isSecretVar(e.Var) {
@@ -172,32 +185,102 @@ func isSecretVar(name string) bool {
 }
 
 // newConfigError builds a ConfigError, redacting the value of a secret
-// already here so that no copy of it travels with the error.
+// already here so that no copy of it travels with the error. An empty
+// value means the variable is not set, and is shown so.
 func newConfigError(name, value, format string, args ...any) *ConfigError {
-	if isSecretVar(name) {
+	if isSecretVar(name) && value != "" {
 		value = redacted
 	}
 	return &ConfigError{Var: name, Value: value, Reason: fmt.Sprintf(format, args...)}
 }
 
-// LoadConfig reads the configuration through l (nil means the process
+// LoadConfig reads the configuration from env (nil means the process
 // environment), fills computed defaults and validates it. An empty
-// variable counts as unset. Every problem found is a *ConfigError; when
-// there are several they are joined (errors.As finds the first). In
-// cluster mode it creates StateDir.
-func LoadConfig(ctx context.Context, l envconfig.Lookuper) (*Config, error) {
-	if l == nil {
-		l = envconfig.OsLookuper()
+// variable counts as unset; a MMSIDECAR_ variable the sidecar does not
+// read is an error. Every problem is a *ConfigError, each reported once;
+// when there are several they are joined (errors.As finds the first).
+// It creates nothing: `run` creates the state directory (prepareStateDir).
+// On error the returned Config holds what could be read, for `config`.
+func LoadConfig(ctx context.Context, env map[string]string) (*Config, error) {
+	if env == nil {
+		env = processEnv()
 	}
-	l = emptyIsUnset{l}
-	c := new(Config)
-	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: c, Lookuper: l}); err != nil {
-		return nil, decodeError(err, l)
+	l := emptyIsUnset{envconfig.MapLookuper(env)}
+	c := &Config{meta: &configMeta{set: map[string]bool{}, bad: map[string]bool{}, inContainer: inContainer(env)}}
+	var errs []error
+	for name, v := range env {
+		if strings.HasPrefix(name, envPrefix) && v != "" {
+			c.meta.set[name] = true
+		}
+		if strings.HasPrefix(name, envPrefix) && !knownSetting(name) {
+			errs = append(errs, unknownVariable(name, v))
+		}
 	}
-	if err := c.validate(); err != nil {
-		return nil, err
+	// Decode each variable on its own, so that every bad value is
+	// reported and not only the first; then decode with the bad ones
+	// hidden (they take their defaults, and validate skips the rules that
+	// involve them).
+	for _, s := range settings() {
+		var one Config
+		if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: &one, Lookuper: onlyOne{l, s.Name}}); err != nil {
+			errs = append(errs, decodeError(err, l))
+			c.meta.bad[s.Name] = true
+		}
 	}
-	return c, nil
+	if err := envconfig.ProcessWith(ctx, &envconfig.Config{Target: c, Lookuper: hiding{l, c.meta.bad}}); err != nil {
+		return c, &ConfigError{Reason: fmt.Sprintf("read configuration: %v", err)}
+	}
+	errs = append(errs, c.validate()...)
+	slices.SortStableFunc(errs, func(a, b error) int { return strings.Compare(errVar(a), errVar(b)) })
+	return c, errJoin(errs)
+}
+
+// configMeta is what LoadConfig learnt besides the values: which
+// variables were set, which could not be parsed, and where secrets came
+// from.
+type configMeta struct {
+	set, bad map[string]bool
+	// secretFile maps a secret variable to the _FILE variable it was read
+	// through.
+	secretFile map[string]string
+	// inContainer names the sign that the sidecar runs in a container.
+	inContainer string
+}
+
+// isSet reports whether the variable was given (not empty).
+func (c *Config) isSet(name string) bool { return c.meta != nil && c.meta.set[name] }
+
+// isBad reports whether the variable's value could not be parsed.
+func (c *Config) isBad(name string) bool { return c.meta != nil && c.meta.bad[name] }
+
+// processEnv returns the process environment as a map.
+func processEnv() map[string]string {
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// unknownVariable is the error for a MMSIDECAR_ variable nothing reads:
+// most likely a misspelling, which would otherwise silently leave the
+// real variable at its default.
+func unknownVariable(name, value string) *ConfigError {
+	if best, ok := closestSetting(name); ok {
+		return newConfigError(name, value, "is not a variable mmsidecar reads: did you mean %s? (`mmsidecar config` lists them all)", best)
+	}
+	return newConfigError(name, value, "is not a variable mmsidecar reads (`mmsidecar config` lists them all)")
+}
+
+// errVar is the variable a ConfigError names, for sorting.
+func errVar(err error) string {
+	var ce *ConfigError
+	if errors.As(err, &ce) {
+		return ce.Var
+	}
+	return ""
 }
 
 // emptyIsUnset makes an empty variable count as unset, so that "X=" in an
@@ -211,6 +294,34 @@ func (e emptyIsUnset) Lookup(key string) (string, bool) {
 		return "", false
 	}
 	return v, ok
+}
+
+// onlyOne shows one variable and hides the rest.
+type onlyOne struct {
+	l    envconfig.Lookuper
+	name string
+}
+
+// Lookup implements envconfig.Lookuper.
+func (o onlyOne) Lookup(key string) (string, bool) {
+	if key != o.name {
+		return "", false
+	}
+	return o.l.Lookup(key)
+}
+
+// hiding hides the variables in hide.
+type hiding struct {
+	l    envconfig.Lookuper
+	hide map[string]bool
+}
+
+// Lookup implements envconfig.Lookuper.
+func (h hiding) Lookup(key string) (string, bool) {
+	if h.hide[key] {
+		return "", false
+	}
+	return h.l.Lookup(key)
 }
 
 // decodeError turns envconfig's "Field: cause" into a ConfigError naming
@@ -255,27 +366,9 @@ func syntaxOf(t reflect.Type) string {
 	return "cannot be parsed"
 }
 
-// envVars lists every variable Config reads, with its default, in field
-// order.
-func envVars() []envVar {
-	var out []envVar
-	t := reflect.TypeFor[Config]()
-	for i := range t.NumField() {
-		if name, def := envTag(t.Field(i)); name != "" {
-			out = append(out, envVar{Name: name, Default: def})
-		}
-	}
-	return out
-}
-
-// envVar is one variable Config reads.
-type envVar struct {
-	Name    string
-	Default string
-}
-
-// errJoin joins validation errors; nil when there are none.
+// errJoin joins errors, each once; nil when there are none.
 func errJoin(errs []error) error {
+	errs = slices.CompactFunc(errs, func(a, b error) bool { return a.Error() == b.Error() })
 	switch len(errs) {
 	case 0:
 		return nil

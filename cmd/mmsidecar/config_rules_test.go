@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -155,66 +154,47 @@ func TestQueueNames(t *testing.T) {
 	}
 }
 
-// TestEnvExample checks that .env.example documents exactly the variables
-// Config reads, and that every default it shows is the real default.
+// TestEnvExample checks that .env.example is what the settings table
+// generates (so it documents exactly the variables Config reads, with
+// their real defaults), and that its uncommented values load as they are.
 func TestEnvExample(t *testing.T) {
-	f, err := os.Open("../../.env.example")
+	data, err := os.ReadFile("../../.env.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	line := regexp.MustCompile(`^(# )?(MMSIDECAR_[A-Z0-9_]+)=(.*)$`)
-	type doc struct {
-		commented bool
-		value     string
-		lineNo    int
-	}
-	docs := map[string]doc{}
-	prevComment := false
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		text := sc.Text()
-		m := line.FindStringSubmatch(text)
-		if m == nil {
-			prevComment = strings.HasPrefix(text, "#")
-			continue
-		}
-		if _, dup := docs[m[2]]; dup {
-			t.Errorf(".env.example:%d: %s appears twice", n, m[2])
-		}
-		if !prevComment {
-			t.Errorf(".env.example:%d: %s has no comment above it", n, m[2])
-		}
-		docs[m[2]] = doc{commented: m[1] != "", value: m[3], lineNo: n}
-	}
-	if err := sc.Err(); err != nil {
+	var want strings.Builder
+	if err := writeEnvExample(&want); err != nil {
 		t.Fatal(err)
 	}
-	declared := map[string]bool{}
-	for _, v := range envVars() {
-		declared[v.Name] = true
-		d, ok := docs[v.Name]
-		switch {
-		case !ok:
-			t.Errorf("%s is missing from .env.example", v.Name)
-		case d.commented && d.value != "":
-			t.Errorf(".env.example:%d: commented-out %s should have no value", d.lineNo, v.Name)
-		case d.commented && v.Default != "":
-			t.Errorf(".env.example:%d: %s has default %q: show it uncommented", d.lineNo, v.Name, v.Default)
-		case !d.commented && d.value != v.Default:
-			t.Errorf(".env.example:%d: %s=%s, but the default is %q", d.lineNo, v.Name, d.value, v.Default)
+	if string(data) != want.String() {
+		got, exp := strings.Split(string(data), "\n"), strings.Split(want.String(), "\n")
+		for i := range max(len(got), len(exp)) {
+			g, e := "", ""
+			if i < len(got) {
+				g = got[i]
+			}
+			if i < len(exp) {
+				e = exp[i]
+			}
+			if g != e {
+				t.Fatalf(".env.example:%d is %q, the table makes %q: regenerate it with `go run ./cmd/mmsidecar config -env-example > .env.example`", i+1, g, e)
+			}
 		}
 	}
-	for name, d := range docs {
-		if !declared[name] {
-			t.Errorf(".env.example:%d: %s is not a variable Config reads", d.lineNo, name)
-		}
-	}
-	// The example's uncommented values must load as they are.
+	line := regexp.MustCompile(`^(# )?(MMSIDECAR_[A-Z0-9_]+)=(.*)$`)
 	env := map[string]string{}
-	for name, d := range docs {
-		if !d.commented {
-			env[name] = d.value
+	seen := map[string]bool{}
+	for _, text := range strings.Split(string(data), "\n") {
+		if m := line.FindStringSubmatch(text); m != nil {
+			seen[m[2]] = true
+			if m[1] == "" {
+				env[m[2]] = m[3]
+			}
+		}
+	}
+	for _, s := range settings() {
+		if !seen[s.Name] {
+			t.Errorf("%s is missing from .env.example", s.Name)
 		}
 	}
 	env["MMSIDECAR_QUEUE_DIR"] = t.TempDir()
@@ -222,7 +202,22 @@ func TestEnvExample(t *testing.T) {
 	if _, err := load(t, env); err != nil {
 		t.Errorf(".env.example's values do not load: %v", err)
 	}
-	if n := len(envVars()); n < 31 {
-		t.Errorf("reflection found only %d variables: %v", n, envVars())
+	if n := len(settings()); n < 32 {
+		t.Errorf("only %d variables: %v", n, settings())
+	}
+}
+
+// TestSettingsMatchConfig: every variable Config reads is in the settings
+// table, with a meaning, and every table entry is a Config variable.
+func TestSettingsMatchConfig(t *testing.T) {
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatal(r)
+		}
+	}()
+	for _, s := range settings() {
+		if len(s.Doc) < 10 {
+			t.Errorf("%s has no meaning", s.Name)
+		}
 	}
 }

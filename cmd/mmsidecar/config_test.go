@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sethvargo/go-envconfig"
-
 	"github.com/mmsidecar/mmsidecar/fence"
 )
 
@@ -37,7 +35,7 @@ func testEnv(t *testing.T, kv ...string) map[string]string {
 
 func load(t *testing.T, env map[string]string) (*Config, error) {
 	t.Helper()
-	return LoadConfig(context.Background(), envconfig.MapLookuper(env))
+	return LoadConfig(context.Background(), env)
 }
 
 func mustLoad(t *testing.T, env map[string]string) *Config {
@@ -140,11 +138,12 @@ func TestLoadConfigDefaults(t *testing.T) {
 		LogLevel:            "info",
 		LogFormat:           "text",
 	}
+	cfg.meta = nil
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", *cfg, want)
 	}
-	if fi, err := os.Stat(cfg.StateDir); err != nil || !fi.IsDir() {
-		t.Errorf("state dir not created: %v", err)
+	if _, err := os.Stat(cfg.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("LoadConfig created the state dir (only run may: issue 22): %v", err)
 	}
 	if _, err := os.Stat(cfg.StoreDir); err == nil && cfg.StoreDir != "/var/lib/mmsidecar/store" {
 		t.Errorf("LoadConfig created the store dir")
@@ -217,7 +216,7 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 	}
 	// Every variable but the _FILE forms (tested separately, since they
 	// exclude their plain forms) must be exercised here.
-	for _, v := range envVars() {
+	for _, v := range settings() {
 		if _, ok := env[v.Name]; !ok && !strings.HasSuffix(v.Name, "_FILE") {
 			t.Errorf("test does not set %s", v.Name)
 		}
@@ -258,6 +257,7 @@ func TestLoadConfigEveryVariable(t *testing.T) {
 		LogLevel:            "debug",
 		LogFormat:           "json",
 	}
+	cfg.meta = nil
 	if !reflect.DeepEqual(*cfg, want) {
 		t.Errorf("parsed:\n got %#v\nwant %#v", *cfg, want)
 	}
@@ -322,8 +322,20 @@ func TestLoadConfigSecretFiles(t *testing.T) {
 	})
 	t.Run("endpoint without credentials", func(t *testing.T) {
 		_, err := load(t, base())
-		wantConfigError(t, err, "MMSIDECAR_S3_ACCESS_KEY", "must be set")
-		wantConfigError(t, err, "MMSIDECAR_S3_SECRET_KEY", "must be set")
+		ce := wantConfigError(t, err, "MMSIDECAR_S3_ACCESS_KEY", "MMSIDECAR_S3_ACCESS_KEY is not set", "MMSIDECAR_S3_ACCESS_KEY_FILE")
+		wantConfigError(t, err, "MMSIDECAR_S3_SECRET_KEY", "MMSIDECAR_S3_SECRET_KEY is not set")
+		// An unset key is not a secret to hide (issue 22).
+		if strings.Contains(err.Error(), redacted) || ce.Value != "" {
+			t.Errorf("an unset key shown as %q: %v", redacted, err)
+		}
+	})
+	t.Run("unreadable file is one error", func(t *testing.T) {
+		missing := filepath.Join(dir, "nope")
+		_, err := load(t, base("MMSIDECAR_S3_ACCESS_KEY_FILE", missing, "MMSIDECAR_S3_SECRET_KEY_FILE", missing))
+		errs := configErrors(err)
+		if len(errs) != 2 || errs[0].Var != "MMSIDECAR_S3_ACCESS_KEY_FILE" || errs[1].Var != "MMSIDECAR_S3_SECRET_KEY_FILE" {
+			t.Errorf("errors %v, want exactly one per unreadable file", err)
+		}
 	})
 }
 
@@ -356,11 +368,14 @@ func TestLoadConfigBadValues(t *testing.T) {
 		{"unknown user", []string{"MMSIDECAR_FILE_OWNER", "no-such-user-xyz"}, "MMSIDECAR_FILE_OWNER", []string{"no-such-user-xyz", "unknown user"}},
 		{"unknown group", []string{"MMSIDECAR_FILE_OWNER", "0:no-such-group-xyz"}, "MMSIDECAR_FILE_OWNER", []string{"unknown group"}},
 		{"uid without passwd entry", []string{"MMSIDECAR_FILE_OWNER", "4000000"}, "MMSIDECAR_FILE_OWNER", []string{"uid:gid"}},
-		{"endpoint url", []string{"MMSIDECAR_S3_ENDPOINT", "http://minio:9000", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_ENDPOINT", []string{"http://minio:9000", "host:port"}},
+		{"endpoint url with a path", []string{"MMSIDECAR_S3_ENDPOINT", "http://minio:9000/mmsidecar", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_ENDPOINT", []string{"http://minio:9000/mmsidecar", "MMSIDECAR_S3_BUCKET"}},
+		{"endpoint scheme", []string{"MMSIDECAR_S3_ENDPOINT", "s3://minio:9000", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_ENDPOINT", []string{"s3://minio:9000", "https://"}},
+		{"https endpoint with TLS off", []string{"MMSIDECAR_S3_ENDPOINT", "https://minio:9000", "MMSIDECAR_S3_TLS", "false", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_TLS", []string{"https://minio:9000", "contradicts"}},
+		{"http endpoint with TLS on", []string{"MMSIDECAR_S3_ENDPOINT", "http://minio:9000", "MMSIDECAR_S3_TLS", "true", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_TLS", []string{"http://minio:9000", "contradicts"}},
 		{"bucket", []string{"MMSIDECAR_S3_ENDPOINT", "m:9000", "MMSIDECAR_S3_BUCKET", "Bad_Bucket", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_BUCKET", []string{"Bad_Bucket"}},
 		{"prefix", []string{"MMSIDECAR_S3_PREFIX", "a//b"}, "MMSIDECAR_S3_PREFIX", []string{`"a//b"`}},
 		{"prefix dotdot", []string{"MMSIDECAR_S3_PREFIX", "a/../b"}, "MMSIDECAR_S3_PREFIX", []string{`"a/../b"`}},
-		{"ca without tls", []string{"MMSIDECAR_S3_ENDPOINT", "m:9000", "MMSIDECAR_S3_CA_FILE", "/etc/ssl/ca.pem", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_CA_FILE", []string{"MMSIDECAR_S3_TLS is false"}},
+		{"ca without tls", []string{"MMSIDECAR_S3_ENDPOINT", "m:9000", "MMSIDECAR_S3_CA_FILE", "/etc/ssl/ca.pem", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_CA_FILE", []string{"plain HTTP"}},
 		{"ca not pem", []string{"MMSIDECAR_S3_ENDPOINT", "m:9000", "MMSIDECAR_S3_TLS", "true", "MMSIDECAR_S3_CA_FILE", notDir, "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_CA_FILE", []string{"no PEM"}},
 		{"request timeout", []string{"MMSIDECAR_S3_ENDPOINT", "m:9000", "MMSIDECAR_S3_REQUEST_TIMEOUT", "0s", "MMSIDECAR_S3_ACCESS_KEY", "a", "MMSIDECAR_S3_SECRET_KEY", "b"}, "MMSIDECAR_S3_REQUEST_TIMEOUT", []string{"greater than zero"}},
 		{"listen addr", []string{"MMSIDECAR_LISTEN_ADDR", "localhost"}, "MMSIDECAR_LISTEN_ADDR", []string{`"localhost"`, "host:port"}},

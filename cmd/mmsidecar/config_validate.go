@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -23,8 +24,9 @@ const (
 )
 
 // validate fills computed defaults, resolves names and checks every rule,
-// collecting all problems.
-func (c *Config) validate() error {
+// collecting all problems. Rules that involve a variable whose value
+// could not be parsed are skipped: that variable's error says enough.
+func (c *Config) validate() []error {
 	var errs []error
 	add := func(err error) {
 		if err != nil {
@@ -40,23 +42,50 @@ func (c *Config) validate() error {
 		add(c.checkStateDir())
 		add(c.resolveOwner())
 	}
-	add(c.loadSecret("MMSIDECAR_S3_ACCESS_KEY", &c.S3AccessKey, c.S3AccessKeyFile))
-	add(c.loadSecret("MMSIDECAR_S3_SECRET_KEY", &c.S3SecretKey, c.S3SecretKeyFile))
-	errs = append(errs, c.checkStore()...)
+	accessOK := c.loadSecret("MMSIDECAR_S3_ACCESS_KEY", &c.S3AccessKey, c.S3AccessKeyFile)
+	secretOK := c.loadSecret("MMSIDECAR_S3_SECRET_KEY", &c.S3SecretKey, c.S3SecretKeyFile)
+	add(accessOK)
+	add(secretOK)
+	errs = append(errs, c.checkStore(accessOK == nil, secretOK == nil)...)
 	errs = append(errs, c.checkTiming()...)
 	errs = append(errs, c.checkTuning()...)
 	errs = append(errs, c.checkHTTPAndLogs()...)
-	return errJoin(errs)
+	return errs
+}
+
+// containerSigns are files whose presence says the process runs in a
+// container (Docker, Podman). A variable of tests.
+var containerSigns = []string{"/.dockerenv", "/run/.containerenv"}
+
+// inContainer names the sign that the process runs in a container, or
+// returns "" when there is none.
+func inContainer(env map[string]string) string {
+	for _, f := range containerSigns {
+		if _, err := os.Stat(f); err == nil {
+			return f
+		}
+	}
+	if v := env["container"]; v != "" {
+		return "container=" + v
+	}
+	if env["KUBERNETES_SERVICE_HOST"] != "" {
+		return "KUBERNETES_SERVICE_HOST"
+	}
+	return ""
 }
 
 func (c *Config) checkNodeID() error {
 	if c.NodeID == "" {
+		if c.meta != nil && c.meta.inContainer != "" {
+			host, _ := os.Hostname()
+			return newConfigError("MMSIDECAR_NODE_ID", "", "must be set in a container (found %s): the host name %q is the container's and changes when it is recreated, and a new id would leave the old one's entries to be taken over by chance. Set a stable id: the pod name of a StatefulSet, or the Compose service name", c.meta.inContainer, host)
+		}
 		host, err := os.Hostname()
 		if err != nil {
-			return newConfigError("MMSIDECAR_NODE_ID", "", "not set and the host name is unknown (%v): set it", err)
+			return newConfigError("MMSIDECAR_NODE_ID", "", "the host name is unknown (%v): set it", err)
 		}
 		if !fence.ValidName(host) {
-			return newConfigError("MMSIDECAR_NODE_ID", "", "not set, and the host name %q is not a valid node id (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit): set it", host)
+			return newConfigError("MMSIDECAR_NODE_ID", "", "the host name %q is not a valid node id (1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit): set it", host)
 		}
 		c.NodeID = host
 		return nil
@@ -111,9 +140,10 @@ func (c *Config) checkMode() error {
 	return newConfigError("MMSIDECAR_MODE", string(c.Mode), "must be %q (several nodes coordinate through the store) or %q (single-node backup that never modifies Mailman's files)", ModeCluster, ModeMirror)
 }
 
-// checkStateDir defaults StateDir, and in cluster mode creates it and
-// checks that it shares QueueDir's filesystem: quarantining an entry is a
-// rename out of a queue directory, which cannot cross filesystems.
+// checkStateDir defaults StateDir and, in cluster mode, checks that it
+// is (or, not created yet, will be) on QueueDir's filesystem: holding an
+// entry is a rename out of a queue directory, which cannot cross
+// filesystems. It creates nothing (prepareStateDir does, for run).
 func (c *Config) checkStateDir() error {
 	const name = "MMSIDECAR_STATE_DIR"
 	if c.StateDir == "" {
@@ -127,10 +157,14 @@ func (c *Config) checkStateDir() error {
 	if c.Mode != ModeCluster {
 		return nil
 	}
-	if err := os.MkdirAll(abs, 0o750); err != nil {
-		return newConfigError(name, abs, "cannot create it: %v", err)
+	existing := abs
+	for {
+		if _, err := os.Stat(existing); err == nil || filepath.Dir(existing) == existing {
+			break
+		}
+		existing = filepath.Dir(existing)
 	}
-	stateDev, err := deviceOf(abs)
+	stateDev, err := deviceOf(existing)
 	if err != nil {
 		return newConfigError(name, abs, "%v", err)
 	}
@@ -139,7 +173,7 @@ func (c *Config) checkStateDir() error {
 		return newConfigError("MMSIDECAR_QUEUE_DIR", c.QueueDir, "%v", err)
 	}
 	if stateDev != queueDev {
-		return newConfigError(name, abs, "must be on the same filesystem as MMSIDECAR_QUEUE_DIR (%s): quarantined entries are moved there by rename, which cannot cross filesystems", c.QueueDir)
+		return newConfigError(name, abs, "must be on the same filesystem as MMSIDECAR_QUEUE_DIR (%s): held entries are moved there by rename, which cannot cross filesystems", c.QueueDir)
 	}
 	return nil
 }
@@ -245,23 +279,58 @@ func (c *Config) loadSecret(name string, dst *Secret, file string) error {
 		return nil
 	}
 	if *dst != "" {
-		return newConfigError(name, "", "both %s and %s are set: set only one", name, fileVar)
+		return newConfigError(name, string(*dst), "both %s and %s are set: set only one", name, fileVar)
 	}
+	s, err := readSecretFile(fileVar, file)
+	if err != nil {
+		return err
+	}
+	*dst = s
+	if c.meta != nil {
+		if c.meta.secretFile == nil {
+			c.meta.secretFile = map[string]string{}
+		}
+		c.meta.secretFile[name] = fileVar
+	}
+	return nil
+}
+
+// readSecretFile reads the secret in file, named by the variable
+// fileVar, without one trailing newline.
+func readSecretFile(fileVar, file string) (Secret, error) {
 	data, err := os.ReadFile(file)
 	if err != nil {
-		return newConfigError(fileVar, file, "cannot read the file: %v", err)
+		return "", newConfigError(fileVar, file, "cannot read the file: %v", err)
 	}
 	s := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
 	if s == "" {
-		return newConfigError(fileVar, file, "the file is empty")
+		return "", newConfigError(fileVar, file, "the file is empty")
 	}
-	*dst = Secret(s)
+	return Secret(s), nil
+}
+
+// loadAdminToken reads MMSIDECAR_ADMIN_TOKEN_FILE, for the commands that
+// need the secret (run, drain); the others never read it, so that a user
+// who may not read it can still run status.
+func (c *Config) loadAdminToken() error {
+	if c.AdminTokenFile == "" {
+		return nil
+	}
+	tok, err := readSecretFile("MMSIDECAR_ADMIN_TOKEN_FILE", c.AdminTokenFile)
+	if err != nil {
+		return err
+	}
+	if len(tok) < 16 {
+		return newConfigError("MMSIDECAR_ADMIN_TOKEN_FILE", c.AdminTokenFile, "the secret is %d characters long: use at least 16 (e.g. head -c 32 /dev/urandom | base64)", len(tok))
+	}
+	c.AdminToken = tok
 	return nil
 }
 
 // checkStore validates the S3 settings when an endpoint is set, the
-// embedded store's directory otherwise, and the prefix for both.
-func (c *Config) checkStore() []error {
+// embedded store's directory otherwise, and the prefix for both. A
+// credential whose _FILE could not be read is not reported missing too.
+func (c *Config) checkStore(accessRead, secretRead bool) []error {
 	var errs []error
 	if err := checkPrefix(c.S3Prefix); err != nil {
 		errs = append(errs, err)
@@ -274,31 +343,66 @@ func (c *Config) checkStore() []error {
 		c.StoreDir = abs
 		return errs
 	}
-	if err := checkHostPort(c.S3Endpoint); err != nil {
-		errs = append(errs, newConfigError("MMSIDECAR_S3_ENDPOINT", c.S3Endpoint, "must be host:port without a scheme (set MMSIDECAR_S3_TLS=true for HTTPS): %v", err))
+	if err := c.normalizeEndpoint(); err != nil {
+		errs = append(errs, err)
 	}
 	if !validBucket(c.S3Bucket) {
 		errs = append(errs, newConfigError("MMSIDECAR_S3_BUCKET", c.S3Bucket, "must be 3-63 characters of a-z 0-9 . -, starting and ending with a letter or digit"))
 	}
-	if c.S3AccessKey == "" {
-		errs = append(errs, newConfigError("MMSIDECAR_S3_ACCESS_KEY", "", "must be set (or MMSIDECAR_S3_ACCESS_KEY_FILE) when MMSIDECAR_S3_ENDPOINT is set"))
+	if c.S3AccessKey == "" && accessRead {
+		errs = append(errs, newConfigError("MMSIDECAR_S3_ACCESS_KEY", "", "it (or MMSIDECAR_S3_ACCESS_KEY_FILE) is needed with MMSIDECAR_S3_ENDPOINT=%s", c.S3Endpoint))
 	}
-	if c.S3SecretKey == "" {
-		errs = append(errs, newConfigError("MMSIDECAR_S3_SECRET_KEY", "", "must be set (or MMSIDECAR_S3_SECRET_KEY_FILE) when MMSIDECAR_S3_ENDPOINT is set"))
+	if c.S3SecretKey == "" && secretRead {
+		errs = append(errs, newConfigError("MMSIDECAR_S3_SECRET_KEY", "", "it (or MMSIDECAR_S3_SECRET_KEY_FILE) is needed with MMSIDECAR_S3_ENDPOINT=%s", c.S3Endpoint))
 	}
 	if c.S3CAFile != "" {
 		if !c.S3TLS {
-			errs = append(errs, newConfigError("MMSIDECAR_S3_CA_FILE", c.S3CAFile, "is set but MMSIDECAR_S3_TLS is false"))
+			errs = append(errs, newConfigError("MMSIDECAR_S3_CA_FILE", c.S3CAFile, "is set but the endpoint is plain HTTP: set MMSIDECAR_S3_TLS=true or an https:// endpoint"))
 		} else if pem, err := os.ReadFile(c.S3CAFile); err != nil {
 			errs = append(errs, newConfigError("MMSIDECAR_S3_CA_FILE", c.S3CAFile, "cannot read the file: %v", err))
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			errs = append(errs, newConfigError("MMSIDECAR_S3_CA_FILE", c.S3CAFile, "holds no PEM certificate"))
 		}
 	}
-	if c.S3RequestTimeout <= 0 {
+	if c.S3RequestTimeout <= 0 && !c.isBad("MMSIDECAR_S3_REQUEST_TIMEOUT") {
 		errs = append(errs, newConfigError("MMSIDECAR_S3_REQUEST_TIMEOUT", c.S3RequestTimeout.String(), "must be greater than zero"))
 	}
 	return errs
+}
+
+// normalizeEndpoint turns an http:// or https:// endpoint into host:port
+// and sets S3TLS from its scheme; MMSIDECAR_S3_TLS set against the scheme
+// is an error.
+func (c *Config) normalizeEndpoint() error {
+	const name = "MMSIDECAR_S3_ENDPOINT"
+	raw := c.S3Endpoint
+	hostPort := raw
+	if strings.Contains(raw, "://") {
+		u, err := url.Parse(raw)
+		if err != nil {
+			return newConfigError(name, raw, "is neither host:port nor a URL: %v", err)
+		}
+		switch {
+		case u.Scheme != "http" && u.Scheme != "https":
+			return newConfigError(name, raw, "scheme %q: use http://, https:// or host:port", u.Scheme)
+		case u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/"):
+			return newConfigError(name, raw, "must be only the server: scheme, host and port (the bucket goes in MMSIDECAR_S3_BUCKET)")
+		}
+		tls := u.Scheme == "https"
+		if c.isSet("MMSIDECAR_S3_TLS") && !c.isBad("MMSIDECAR_S3_TLS") && c.S3TLS != tls {
+			return newConfigError("MMSIDECAR_S3_TLS", strconv.FormatBool(c.S3TLS), "contradicts MMSIDECAR_S3_ENDPOINT=%s: the scheme says TLS %v; drop one of them", raw, tls)
+		}
+		c.S3TLS = tls
+		hostPort = u.Host
+		if u.Port() == "" {
+			hostPort = net.JoinHostPort(u.Hostname(), map[bool]string{true: "443", false: "80"}[tls])
+		}
+	}
+	if err := checkHostPort(hostPort); err != nil {
+		return newConfigError(name, raw, "must be host:port, http://host:port or https://host:port: %v", err)
+	}
+	c.S3Endpoint = hostPort
+	return nil
 }
 
 func checkPrefix(p string) error {
@@ -342,6 +446,9 @@ func checkHostPort(s string) error {
 // checkTiming enforces the lease timing rules of SPEC §5.
 func (c *Config) checkTiming() []error {
 	var errs []error
+	if c.isBad("MMSIDECAR_LEASE_TTL") || c.isBad("MMSIDECAR_LEASE_GRACE") || c.isBad("MMSIDECAR_LEASE_MARGIN") {
+		return nil // the unparsable one is reported; rules between them would mislead
+	}
 	ttl, grace, margin := c.LeaseTTL, c.LeaseGrace, c.LeaseMargin
 	if ttl < minLeaseTTL {
 		errs = append(errs, newConfigError("MMSIDECAR_LEASE_TTL", ttl.String(), "must be at least %s", minLeaseTTL))

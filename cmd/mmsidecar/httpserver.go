@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,8 +51,13 @@ func newHTTPServer(addr string, reg *prometheus.Registry, ready func() error, lo
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	s := &httpServer{log: log, mux: http.NewServeMux(), ln: ln, ready: ready, stopped: make(chan struct{}), shutdownTimeout: 5 * time.Second}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mmsidecar_http_requests_total",
+		Help: "Requests to the sidecar's listener, by route (its pattern, or \"none\") and status code.",
+	}, []string{"route", "code"})
+	reg.MustRegister(requests)
 	s.srv = &http.Server{
-		Handler:           s.mux,
+		Handler:           countRequests(s.mux, requests),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
@@ -66,6 +72,34 @@ func newHTTPServer(addr string, reg *prometheus.Registry, ready func() error, lo
 	}))
 	return s, nil
 }
+
+// countRequests counts each request by the route that served it.
+func countRequests(h http.Handler, c *prometheus.CounterVec) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		route := r.Pattern
+		if route == "" {
+			route = "none"
+		}
+		c.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+	})
+}
+
+// statusWriter remembers the status code written.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+// WriteHeader implements http.ResponseWriter.
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *httpServer) serveReady(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -1,11 +1,12 @@
 // Command mmsidecar mirrors GNU Mailman's queue directories into an
 // S3-compatible store and coordinates several Mailman nodes through it.
 //
-//	mmsidecar <run|status|check|drain|health|version> [flags]
+//	mmsidecar <run|status|check|drain|health|config|version|help> [flags]
 //
-// Configuration comes from MMSIDECAR_* environment variables, listed with
-// their defaults in .env.example. Exit codes: 0 ok, 2 configuration or
-// usage error, 1 anything else.
+// Configuration comes from MMSIDECAR_* environment variables; `mmsidecar
+// config` lists every one with its default, meaning and the value in
+// effect (.env.example is generated from the same table). Exit codes: 0
+// ok, 2 configuration or usage error, 1 anything else.
 package main
 
 import (
@@ -39,8 +40,9 @@ func commands() []command {
 		{"run", "run the sidecar daemon", runRun},
 		{"status", "show what the store holds: leases, entries per node and queue", runStatus},
 		{"check", "validate the configuration, reach the store and probe its conditional writes", runCheck},
-		{"drain", "hand this node's unstarted backlog to the other nodes, then exit", runDrain},
+		{"drain", "hand this node's unstarted backlog to the other nodes, then exit; -cancel undoes it", runDrain},
 		{"health", "exit 0 when the local daemon is ready (for container health checks)", runHealth},
+		{"config", "print every MMSIDECAR_ variable: meaning, default, value in effect and its source", runConfig},
 		{"version", "print version, commit and Go version", runVersion},
 	}
 }
@@ -57,9 +59,22 @@ func realMain(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	name := args[0]
 	switch name {
-	case "-h", "-help", "--help", "help":
+	case "-h", "-help", "--help":
 		printUsage(stderr)
 		return exitOK
+	case "-version", "--version", "-v":
+		name, args = "version", []string{"version"}
+	case "help":
+		// `help CMD` is `CMD -h`.
+		if len(args) < 2 {
+			printUsage(stderr)
+			return exitOK
+		}
+		if len(args) > 2 {
+			fmt.Fprintf(stderr, "mmsidecar help: one command at a time\n")
+			return exitConfig
+		}
+		name, args = args[1], []string{args[1], "-h"}
 	}
 	for _, c := range commands() {
 		if c.name == name {
@@ -105,9 +120,10 @@ func printUsage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Run 'mmsidecar <command> -h' for its flags. Configuration is read from")
-	fmt.Fprintln(w, "MMSIDECAR_* environment variables; .env.example lists every one with its")
-	fmt.Fprintln(w, "default and meaning.")
+	fmt.Fprintln(w, "Run 'mmsidecar help <command>' (or 'mmsidecar <command> -h') for what a")
+	fmt.Fprintln(w, "command does and its flags. Configuration is read from MMSIDECAR_*")
+	fmt.Fprintln(w, "environment variables: 'mmsidecar config' prints every one with its")
+	fmt.Fprintln(w, "meaning, default and the value in effect.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "exit codes: 0 ok, 2 configuration or usage error, 1 anything else")
 }
@@ -145,9 +161,17 @@ func newFlagSet(name, summary string) *flag.FlagSet {
 	fs := flag.NewFlagSet("mmsidecar "+name, flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: mmsidecar %s [flags]\n\n%s\n\nflags:\n", name, summary)
-		fs.PrintDefaults()
-		fmt.Fprintln(fs.Output(), "\nConfiguration: MMSIDECAR_* environment variables, see .env.example.")
+		w := fs.Output()
+		fmt.Fprintf(w, "usage: mmsidecar %s [flags]\n\n%s\n", name, summary)
+		hasFlags := false
+		fs.VisitAll(func(*flag.Flag) { hasFlags = true })
+		if hasFlags {
+			fmt.Fprintln(w, "\nflags:")
+			fs.PrintDefaults()
+		}
+		fmt.Fprintln(w, "\nConfiguration: MMSIDECAR_* environment variables; 'mmsidecar config' prints")
+		fmt.Fprintln(w, "every one with its meaning, default and the value in effect.")
+		fmt.Fprintln(w, "Exit codes: 0 ok, 2 configuration or usage error, 1 anything else.")
 	}
 	return fs
 }

@@ -23,10 +23,15 @@ import (
 const reexecEnv = "MMSIDECAR_TEST_REEXEC_MAIN"
 
 func TestMain(m *testing.M) {
+	// Whether the machine running the tests is a container must not
+	// change what they see (TestContainerNeedsNodeID sets its own signs).
+	containerSigns = nil
 	if os.Getenv(signalsChildEnv) == "1" {
 		signalChild()
 	}
 	if os.Getenv(reexecEnv) == "1" {
+		// The harness's own variable is not one the command reads.
+		os.Unsetenv(reexecEnv)
 		os.Exit(realMain(context.Background(), os.Args[1:], os.Stderr))
 	}
 	os.Exit(m.Run())
@@ -111,8 +116,8 @@ func TestExitCodes(t *testing.T) {
 		wantStderr []string
 		notStderr  []string
 	}{
-		{name: "no command", args: nil, wantCode: 2, wantStderr: []string{"usage:", ".env.example"}},
-		{name: "help", args: []string{"-h"}, wantCode: 0, wantStderr: []string{"run ", "status ", "check ", "drain ", "version ", ".env.example", "exit codes"}},
+		{name: "no command", args: nil, wantCode: 2, wantStderr: []string{"usage:", "mmsidecar config"}},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantStderr: []string{"run ", "status ", "check ", "drain ", "version ", "config ", "mmsidecar config", "exit codes"}},
 		{name: "unknown command", args: []string{"frobnicate"}, wantCode: 2, wantStderr: []string{`unknown command "frobnicate"`, "usage:"}},
 		{name: "version", args: []string{"version"}, wantCode: 0, wantStdout: []string{"mmsidecar dev", runtime.Version(), runtime.GOOS + "/" + runtime.GOARCH}},
 		{name: "version help", args: []string{"version", "-h"}, wantCode: 0, wantStderr: []string{"usage: mmsidecar version"}},

@@ -4,9 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"syscall"
 
 	"github.com/mmsidecar/mmsidecar/store"
 	"github.com/mmsidecar/mmsidecar/store/dirstore"
+	"github.com/mmsidecar/mmsidecar/store/memstore"
 	"github.com/mmsidecar/mmsidecar/store/s3store"
 )
 
@@ -39,6 +43,41 @@ func openStore(cfg *Config) (store.Store, error) {
 		return nil, newConfigError("MMSIDECAR_S3_ENDPOINT", cfg.S3Endpoint, "%v", err)
 	}
 	return st, nil
+}
+
+// openStoreReadOnly is openStore for commands that only read (status):
+// the embedded store is opened without creating or locking anything, and
+// one that does not exist yet reads as empty.
+func openStoreReadOnly(cfg *Config) (store.Store, error) {
+	if cfg.S3Endpoint != "" {
+		return openStore(cfg)
+	}
+	st, err := dirstore.OpenReadOnly(cfg.StoreDir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return memstore.New(), nil
+	case err != nil:
+		return nil, fmt.Errorf("open directory store: %w", err)
+	}
+	return st, nil
+}
+
+// embeddedStoreOwner says whether `check` may write into the embedded
+// store: "" when it may (it exists and belongs to this user), otherwise
+// why not. missing reports a store that does not exist yet.
+func embeddedStoreOwner(cfg *Config) (why string, missing bool) {
+	var st syscall.Stat_t
+	err := syscall.Stat(cfg.StoreDir, &st)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "does not exist yet: `mmsidecar run` creates it (check creates nothing)", true
+	case err != nil:
+		return "", false // openStore reports it
+	case int(st.Uid) != os.Geteuid():
+		return fmt.Sprintf("is %s, and check would leave files of %s in it that the sidecar could not use: run check as the directory's owner (e.g. sudo -u OWNER mmsidecar check)",
+			ownerOf(cfg.StoreDir), runningAs()), false
+	}
+	return "", false
 }
 
 // closeStore releases a store that holds resources (the directory store's

@@ -53,6 +53,12 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 			ev += " 200"
 		}
 	case "/drain":
+		if r.Method == http.MethodPost && r.Header.Get("Authorization") != "Bearer "+hookToken {
+			ev += " 401"
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintln(w, `{"draining":false,"done":false,"pck":0,"bak":0,"held":0,"waiting":0,"peers":0,"error":"missing or wrong admin token"}`)
+			break
+		}
 		reply := f.states[0]
 		code := http.StatusAccepted
 		if r.Method == http.MethodGet {
@@ -88,6 +94,20 @@ func indexOf(events []string, prefix string) int {
 	return -1
 }
 
+// hookToken is the admin secret the fake sidecar wants and the token
+// file runHook hands the hooks (DRAIN_HOOK_TOKEN_FILE).
+const hookToken = "hook-test-admin-token-0123456789"
+
+// hookTokenFile writes hookToken into a file and returns its path.
+func hookTokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "admin-token")
+	if err := os.WriteFile(p, []byte(hookToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // drainReply is what the sidecar's GET /drain returns (cmd/mmsidecar
 // drainReply, encoded by encoding/json).
 func drainReply(done bool, pck, bak, peers int) string {
@@ -109,7 +129,7 @@ func runHook(t *testing.T, env []string, args ...string) (stderr string, code in
 	cmd := exec.CommandContext(ctx, sh, args...)
 	// A short default deadline, so that a hook that never sees "done"
 	// fails in seconds; a test's own env comes later and wins.
-	cmd.Env = append(append(os.Environ(), "DRAIN_HOOK_DEADLINE=20"), env...)
+	cmd.Env = append(append(os.Environ(), "DRAIN_HOOK_DEADLINE=20", "DRAIN_HOOK_TOKEN_FILE="+hookTokenFile(t)), env...)
 	inGroup(cmd)
 	var buf bytes.Buffer
 	cmd.Stderr = &buf
@@ -186,7 +206,40 @@ func TestDrainHook(t *testing.T) {
 			states:   []string{`{"draining":false,"done":false,"pck":0,"bak":0,"held":0,"waiting":0,"peers":0,"error":"drain needs MMSIDECAR_MODE=cluster"}`},
 			postCode: http.StatusConflict,
 			wantCode: 1,
-			wantErr:  "cannot start the drain",
+			wantErr:  "refused the drain (409)",
+		},
+		{
+			// The sidecar refuses at once and moves nothing: Mailman
+			// stops with its backlog, nothing to wait for.
+			name:     "no live peer at all",
+			states:   []string{`{"draining":false,"done":false,"pck":3,"bak":0,"held":0,"waiting":0,"peers":0,"error":"no live peer to hand entries to: refused, nothing was moved (the entries stay with Mailman on this node)"}`},
+			postCode: http.StatusConflict,
+			wantCode: 0,
+			wantErr:  "nothing was moved",
+			check: func(t *testing.T, ev []string) {
+				if len(ev) != 1 {
+					t.Errorf("requests %v, want the POST alone", ev)
+				}
+			},
+		},
+		{
+			name:     "wrong secret",
+			states:   []string{drainReply(true, 0, 0, 1)},
+			env:      []string{"DRAIN_HOOK_TOKEN_FILE=" + writeTemp(t, "wrong-token-0123456789")},
+			wantCode: 1,
+			wantErr:  "refused the drain (401)",
+		},
+		{
+			name:     "no secret",
+			states:   []string{drainReply(true, 0, 0, 1)},
+			env:      []string{"DRAIN_HOOK_TOKEN_FILE=/nonexistent/admin-token"},
+			wantCode: 1,
+			wantErr:  "cannot read the sidecar's admin secret",
+			check: func(t *testing.T, ev []string) {
+				if len(ev) != 0 {
+					t.Errorf("requests %v without a secret", ev)
+				}
+			},
 		},
 	}
 	for _, tc := range tests {
@@ -214,7 +267,7 @@ func TestDrainHook(t *testing.T) {
 		addr := ln.Addr().String()
 		ln.Close()
 		stderr, code, _ := runHook(t, []string{"DRAIN_HOOK_URL=http://" + addr}, script)
-		if code != 1 || !strings.Contains(stderr, "cannot start the drain") {
+		if code != 1 || !strings.Contains(stderr, "cannot reach the sidecar") {
 			t.Errorf("exit %d, stderr %q; want 1 and a message", code, stderr)
 		}
 	})
@@ -228,6 +281,16 @@ func TestDrainHook(t *testing.T) {
 			t.Errorf("exit %d, stderr %q, log %q; want the lines in the log file", code, stderr, data)
 		}
 	})
+}
+
+// writeTemp writes content into a new file and returns its path.
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // fakeMailman stands in for the mailman-core image's entry point: it
@@ -253,7 +316,7 @@ func TestMailmanEntrypoint(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		cmd := exec.CommandContext(ctx, "sh", script, "sh", child)
-		cmd.Env = append(os.Environ(), "DRAIN_HOOK_URL="+f.URL, "FAKE="+f.URL, "DRAIN_HOOK_DEADLINE=20")
+		cmd.Env = append(os.Environ(), "DRAIN_HOOK_URL="+f.URL, "FAKE="+f.URL, "DRAIN_HOOK_DEADLINE=20", "DRAIN_HOOK_TOKEN_FILE="+hookTokenFile(t))
 		inGroup(cmd)
 		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
 		var stderr bytes.Buffer

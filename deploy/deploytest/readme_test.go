@@ -75,3 +75,17 @@ func TestReadmeSnippet(t *testing.T) {
 		}
 	}
 }
+
+// TestLicense: the repository carries the Apache-2.0 text at its top,
+// and the README says so.
+func TestLicense(t *testing.T) {
+	text := readRepoFile(t, "LICENSE")
+	for _, want := range []string{"Apache License", "Version 2.0, January 2004", "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION", "END OF TERMS AND CONDITIONS"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("LICENSE lacks %q: not the Apache-2.0 text", want)
+		}
+	}
+	if readme := readRepoFile(t, "README.md"); !strings.Contains(readme, "Apache-2.0") || !strings.Contains(readme, "(LICENSE)") {
+		t.Errorf("README.md does not name the license and link LICENSE")
+	}
+}

@@ -2,6 +2,7 @@ package deploytest
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"net/http"
@@ -67,7 +68,9 @@ func newCtrCluster(t *testing.T, p *podman, image string) *ctrCluster {
 	c.st = st
 	c.secrets = filepath.Join(c.root, "secrets")
 	c.mkdirOwned(c.secrets, 0o750)
-	for name, v := range map[string]string{"access-key": m.AccessKey, "secret-key": m.SecretKey} {
+	// admin-token: the secret POST /drain needs (`mmsidecar drain` in
+	// the container reads it from the same file).
+	for name, v := range map[string]string{"access-key": m.AccessKey, "secret-key": m.SecretKey, "admin-token": "deploytest-admin-secret"} {
 		f := filepath.Join(c.secrets, name)
 		if err := os.WriteFile(f, []byte(v+"\n"), 0o400); err != nil {
 			t.Fatal(err)
@@ -126,6 +129,7 @@ func (c *ctrCluster) start(node string) *sidecar {
 		"MMSIDECAR_S3_BUCKET":          c.bucket,
 		"MMSIDECAR_S3_ACCESS_KEY_FILE": "/run/secrets/mmsidecar/access-key",
 		"MMSIDECAR_S3_SECRET_KEY_FILE": "/run/secrets/mmsidecar/secret-key",
+		"MMSIDECAR_ADMIN_TOKEN_FILE":   "/run/secrets/mmsidecar/admin-token",
 		"MMSIDECAR_LEASE_TTL":          ctrLeaseTTL.String(),
 		"MMSIDECAR_LEASE_GRACE":        ctrLeaseGrace.String(),
 		"MMSIDECAR_LEASE_MARGIN":       ctrLeaseMargin.String(),
@@ -151,6 +155,8 @@ func (c *ctrCluster) pairWithBacklog(t *testing.T, n int) (a, b *sidecar, backlo
 	a, b = c.start("a"), c.start("b")
 	a.waitReady(t)
 	b.waitReady(t)
+	// A drain refuses while a sees no live peer: wait until it sees b.
+	a.waitPeerLive(t, "b")
 	backlog = a.enqueue(t, "in", n)
 	c.waitCopies(t, "a", backlog)
 	return a, b, backlog
@@ -186,6 +192,33 @@ func (s *sidecar) waitReady(t *testing.T) {
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status
+	})
+}
+
+// waitPeerLive waits until the sidecar's GET /status shows peer live.
+func (s *sidecar) waitPeerLive(t *testing.T, peer string) {
+	t.Helper()
+	eventually(t, "sidecar "+s.node+" sees "+peer+" live", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+s.listen+"/status", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		var st struct {
+			Peers []struct{ Node, State string } `json:"peers"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			return false, err.Error()
+		}
+		for _, p := range st.Peers {
+			if p.Node == peer && p.State == "live" {
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("peers %+v", st.Peers)
 	})
 }
 

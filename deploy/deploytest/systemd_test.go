@@ -2,7 +2,6 @@ package deploytest
 
 import (
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +33,7 @@ var knownDirectives = map[string][]string{
 		"AmbientCapabilities", "RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime",
 		"RestrictSUIDSGID", "LockPersonality", "MemoryDenyWriteExecute", "SystemCallArchitectures",
 		"SystemCallFilter", "SystemCallErrorNumber", "PrivateUsers", "RemoveIPC", "LimitNOFILE",
-		"SyslogIdentifier", "PIDFile"},
+		"SyslogIdentifier", "PIDFile", "NotifyAccess", "WatchdogSec"},
 	"Install": {"WantedBy", "RequiredBy", "Alias", "Also"},
 }
 
@@ -223,14 +222,19 @@ func TestSystemdUnit(t *testing.T) {
 		}
 	}
 
-	// The readiness gate polls the listener the env file configures.
-	post := strings.Fields(u.one(t, "Service", "ExecStartPost"))
-	if len(post) == 0 {
-		t.Fatalf("no ExecStartPost readiness gate")
+	// Readiness: Type=notify, the sidecar's READY=1 (sd_notify) ends the
+	// start job; the watchdog restarts a sidecar that stops answering.
+	if u.one(t, "Service", "Type") != "notify" || u.one(t, "Service", "NotifyAccess") != "main" {
+		t.Errorf("Type=%q NotifyAccess=%q, want notify and main (the sidecar sends READY=1 itself)", u.one(t, "Service", "Type"), u.one(t, "Service", "NotifyAccess"))
 	}
-	gate, err := url.Parse(post[len(post)-1])
-	if err != nil || gate.Path != "/readyz" || gate.Host != env["MMSIDECAR_LISTEN_ADDR"] {
-		t.Errorf("ExecStartPost polls %q, want http://%s/readyz (MMSIDECAR_LISTEN_ADDR)", post[len(post)-1], env["MMSIDECAR_LISTEN_ADDR"])
+	if len(u["Service"]["ExecStartPost"]) > 0 {
+		t.Errorf("ExecStartPost %v: readiness is sd_notify's now, not a polling loop", u["Service"]["ExecStartPost"])
+	}
+	if wd, err := parseSystemdTime(u.one(t, "Service", "WatchdogSec")); err != nil || wd < 10*time.Second {
+		t.Errorf("WatchdogSec %q (%v): want one of at least 10s (the sidecar pings at half of it)", u.one(t, "Service", "WatchdogSec"), err)
+	}
+	if f := env["MMSIDECAR_ADMIN_TOKEN_FILE"]; f == "" || !creds[filepath.Base(f)] {
+		t.Errorf("MMSIDECAR_ADMIN_TOKEN_FILE=%q: want a LoadCredential= secret, for ExecStop's drain", f)
 	}
 	stopTimeout, err1 := parseSystemdTime(u.one(t, "Service", "TimeoutStopSec"))
 	drain, err2 := time.ParseDuration(env["MMSIDECAR_DRAIN_TIMEOUT"])

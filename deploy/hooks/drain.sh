@@ -12,6 +12,10 @@
 #
 # Settings (environment):
 #   DRAIN_HOOK_URL       the sidecar's listener (default http://127.0.0.1:9464)
+#   DRAIN_HOOK_TOKEN_FILE  file holding the sidecar's admin secret (its
+#                        MMSIDECAR_ADMIN_TOKEN_FILE; default
+#                        /run/secrets/mmsidecar-admin/admin-token): POST
+#                        /drain needs it
 #   DRAIN_HOOK_DEADLINE  seconds to wait for the drain (default 300); keep
 #                        it well under the stop timeout (Kubernetes:
 #                        terminationGracePeriodSeconds, Compose:
@@ -25,13 +29,15 @@
 #                        FailedPreStopHook event); stderr if not writable
 #
 # Exit 0 when the node holds nothing, or when no peer is left to take
-# anything; 1 when the sidecar cannot be reached, refuses, or the deadline
-# passes. Mailman is stopped either way; what is left stays in the node's
+# anything (the sidecar then refuses the drain and moves nothing: the
+# backlog stays on this node for its next start); 1 when the sidecar
+# cannot be reached, refuses the secret, or the deadline passes. Mailman is stopped either way; what is left stays in the node's
 # namespace in the store and on its disk and is settled when the node
 # starts again (or taken over by a peer if it does not come back).
 set -u
 
 url="${DRAIN_HOOK_URL:-http://127.0.0.1:9464}"
+token_file="${DRAIN_HOOK_TOKEN_FILE:-/run/secrets/mmsidecar-admin/admin-token}"
 deadline="${DRAIN_HOOK_DEADLINE:-300}"
 no_peer="${DRAIN_HOOK_NO_PEER:-20}"
 
@@ -41,10 +47,38 @@ fi
 
 log() { echo "mmsidecar drain hook: $*" >&2; }
 
-if ! reply=$(curl -fsS --max-time 5 -X POST "${url}/drain"); then
-	log "cannot start the drain at ${url}: Mailman stops without handing its backlog over"
+if ! token=$(cat "${token_file}" 2>/dev/null) || [ -z "${token}" ]; then
+	log "cannot read the sidecar's admin secret from ${token_file} (DRAIN_HOOK_TOKEN_FILE): Mailman stops without handing its backlog over"
 	exit 1
 fi
+# The secret goes to curl on stdin, not on its command line (ps shows
+# that to every user).
+if ! reply=$(printf 'header = "Authorization: Bearer %s"\n' "${token}" |
+	curl -sS --max-time 5 -X POST --config - -w '\n%{http_code}' "${url}/drain"); then
+	log "cannot reach the sidecar at ${url}: Mailman stops without handing its backlog over"
+	exit 1
+fi
+code=${reply##*
+}
+reply=${reply%
+*}
+case "${code}" in
+202) ;;
+409)
+	case "${reply}" in
+	*'no live peer'*)
+		log "no live peer to take the backlog: nothing was moved, it stays on this node until it starts again (${reply})"
+		exit 0
+		;;
+	esac
+	log "the sidecar refused the drain (${code}): ${reply}"
+	exit 1
+	;;
+*)
+	log "the sidecar refused the drain (${code}): ${reply}"
+	exit 1
+	;;
+esac
 log "draining: ${reply}"
 
 start=$(date +%s)

@@ -109,6 +109,9 @@ type Options struct {
 	// record before every dequeue, Mailman may start before the sidecar,
 	// and the state directory can refuse the record's writes for a while.
 	RunnerGate bool
+	// CancelDrain: the operator cancels every drain after a random time
+	// (up to 3 TTL) unless it finished first; the node stays.
+	CancelDrain bool
 	// Trace is how many trace events a violation prints (default 50).
 	Trace int
 	// Dump, when set, receives the whole trace ring of the run.

@@ -21,12 +21,13 @@ var (
 	flagBeyond     = flag.Float64("beyond", 0, "share of seeds with a fault beyond the timing model (0: default 0.2, <0: none)")
 	flagDump       = flag.String("dump", "", "with -seed: write the whole trace to this file")
 	flagAbandon    = flag.Bool("abandondrain", false, "a drain ends when the draining node's sidecar restarts")
+	flagCancel     = flag.Bool("canceldrain", false, "the operator cancels every drain after a random time")
 	flagNoRecovery = flag.Bool("norecovery", false, "no Mailman .bak recovery when a whole node restarts on its disk")
 	flagGate       = flag.String("gate", "both", "runner gate: off, on, or both (every seed twice, with the gate off and on)")
 )
 
 func options() Options {
-	return Options{Beyond: *flagBeyond, NoRecovery: *flagNoRecovery, AbandonDrain: *flagAbandon, Trace: *flagTrace}
+	return Options{Beyond: *flagBeyond, NoRecovery: *flagNoRecovery, AbandonDrain: *flagAbandon, CancelDrain: *flagCancel, Trace: *flagTrace}
 }
 
 // gateModes returns the options of each run of a seed that -gate asks for.
@@ -65,6 +66,7 @@ type summary struct {
 	lost      int
 	lostYoung int
 	drains    int
+	cancels   int // drains the operator cancelled
 	preserved int
 	maxTrans  int
 	entries   int
@@ -90,6 +92,7 @@ func (s *summary) add(r Result) int {
 	s.lost += st.LostAnswers
 	s.lostYoung += st.LostYoung
 	s.drains += st.Drains
+	s.cancels += st.DrainCancels
 	s.preserved += st.Preserved
 	s.maxTrans = max(s.maxTrans, st.MaxTransfers)
 	s.g5Checked += st.G5Checked
@@ -244,5 +247,23 @@ func TestSimDeterministic(t *testing.T) {
 				t.Errorf("seed %d, gate %s: two runs differ: digest %x/%x, events %d/%d", seed, gateName(opt), a.Stats.Digest, b.Stats.Digest, a.Stats.Events, b.Stats.Events)
 			}
 		}
+	}
+}
+
+// TestSimCancelDrain runs seeds in which the operator cancels every
+// drain part way (`mmsidecar drain -cancel`): entries already handed off
+// stay with their new owner, the rest go back to Mailman on the draining
+// node, and every guarantee holds.
+func TestSimCancelDrain(t *testing.T) {
+	n := defaultSeeds * 3 / 10 // 1,500; 150 under -race
+	opt := options()
+	opt.CancelDrain = true
+	s := runSeeds(*flagFirst, n, time.Time{}, []Options{opt}, 1)[0]
+	t.Logf("%d seeds, %d drains cancelled, %d finished before their cancel", s.seeds, s.cancels, s.drains)
+	for _, v := range s.failures {
+		t.Fatalf("seed %d (replay: go test ./fence/fencesim -run '^TestSim$' -canceldrain -seed %d -v): %s\n%s", v.Seed, v.Seed, v.Guarantee, v.Report)
+	}
+	if s.cancels < max(2, s.seeds/100) {
+		t.Errorf("only %d drains were cancelled in %d seeds: the scenario does not exercise CancelDrain", s.cancels, s.seeds)
 	}
 }

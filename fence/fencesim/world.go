@@ -25,6 +25,8 @@ type Stats struct {
 	LostYoung int
 	// Drains counts drains that completed.
 	Drains int
+	// DrainCancels counts drains the operator cancelled (CancelDrain).
+	DrainCancels int
 	// RestoredFinished counts entries restored after Mailman finished them
 	// somewhere (re-runs of entries in flight at a fence or crash).
 	RestoredFinished int
@@ -355,6 +357,23 @@ func (w *world) apply(f fault) {
 		sn.draining = true
 		inc := sn.inc
 		inc.spawn("drain", func(ctx context.Context) { inc.n.StartDrain(ctx) }, nil)
+		if w.opt.CancelDrain {
+			w.at(w.now+uniform(w.rng, w.sc.ttl/10, 3*w.sc.ttl), func() { w.cancelDrain(sn) })
+		}
+	}
+}
+
+// cancelDrain is the operator's `mmsidecar drain -cancel` on sn: the
+// node takes work again and its held entries go back to Mailman.
+func (w *world) cancelDrain(sn *simNode) {
+	if !sn.draining || sn.retired {
+		return
+	}
+	sn.draining = false
+	w.stats.DrainCancels++
+	w.tracef(sn.idx, evFault, "FAULT drain cancelled")
+	if inc := sn.inc; inc != nil && inc.started {
+		inc.spawn("cancel drain", func(ctx context.Context) { inc.n.CancelDrain(ctx) }, nil)
 	}
 }
 

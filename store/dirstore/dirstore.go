@@ -52,6 +52,8 @@ type Store struct {
 	tmp     *tmpDir
 	seq     atomic.Uint64
 	closed  atomic.Bool
+	// readOnly: opened by OpenReadOnly, without locks or a temp directory.
+	readOnly bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -137,13 +139,43 @@ func writeFormat(root, path string) error {
 	return err
 }
 
+// OpenReadOnly opens the directory store at root for reading only: it
+// creates nothing, takes no lock and sweeps nothing, so that a command
+// run as another user (root, say) leaves nothing behind that the
+// sidecar's own user cannot use. Writes fail with a permanent error. A
+// root that does not exist is an error that matches fs.ErrNotExist.
+func OpenReadOnly(root string) (*Store, error) {
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("store dir: %w", err)
+	}
+	if _, err := os.Stat(abs); err != nil {
+		return nil, fmt.Errorf("store dir: %w", err)
+	}
+	data, err := os.ReadFile(filepath.Join(abs, formatName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		// Never written to: an empty store.
+	case err != nil:
+		return nil, fmt.Errorf("read format marker: %w", err)
+	case string(data) != formatContent:
+		return nil, fmt.Errorf("%s: not a directory store of this version (format marker %q)", abs, bytes.TrimSpace(data))
+	}
+	return &Store{root: abs, objects: filepath.Join(abs, "objects"), readOnly: true}, nil
+}
+
+// errReadOnly is the error of a write to a read-only Store.
+func errReadOnly(op, key string) error {
+	return &store.OpError{Op: op, Key: key, Kind: store.KindPermanent, Code: "read_only", Err: errors.New("store opened read-only")}
+}
+
 // Root returns the store's absolute root directory.
 func (s *Store) Root() string { return s.root }
 
 // Close releases the Store's locks and removes its temp directory. The
 // Store must not be used afterwards; the directory stays.
 func (s *Store) Close() error {
-	if s.closed.Swap(true) {
+	if s.closed.Swap(true) || s.readOnly {
 		return nil
 	}
 	s.locks.close()
@@ -205,6 +237,9 @@ func (s *Store) Stat(ctx context.Context, key string) (store.Info, error) {
 func (s *Store) Put(ctx context.Context, key string, body io.Reader, size int64, cond store.Condition) (store.Info, error) {
 	if err := s.begin(ctx, "put", key); err != nil {
 		return store.Info{}, err
+	}
+	if s.readOnly {
+		return store.Info{}, errReadOnly("put", key)
 	}
 	tmp, etag, err := s.writeTemp(body, size)
 	if tmp != "" {
@@ -341,6 +376,9 @@ func (s *Store) deleteKeys(ctx context.Context, op string, keys []string) error 
 	for _, key := range keys {
 		if err := s.begin(ctx, op, key); err != nil {
 			return err
+		}
+		if s.readOnly {
+			return errReadOnly(op, key)
 		}
 	}
 	dirs := map[string]bool{}
