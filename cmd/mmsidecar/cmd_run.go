@@ -248,6 +248,8 @@ func newDaemon(cfg *Config, st store.Store, reg *prometheus.Registry, log *slog.
 		return nil, err
 	}
 	d.http = srv
+	// /readyz also says whether the runner gate guards this node's runners.
+	srv.info = func() string { return gateLine(d.gateStatus()) + "\n" }
 	d.routes()
 	return d, nil
 }

@@ -20,11 +20,13 @@ import (
 // httpServer is the sidecar's one HTTP listener: /healthz, /readyz,
 // /metrics, and whatever else is registered with Handle before Actor runs.
 type httpServer struct {
-	log      *slog.Logger
-	mux      *http.ServeMux
-	srv      *http.Server
-	ln       net.Listener
-	ready    func() error
+	log   *slog.Logger
+	mux   *http.ServeMux
+	srv   *http.Server
+	ln    net.Listener
+	ready func() error
+	// info, when set, adds lines to /readyz's answer (the runner gate).
+	info     func() string
 	stopping atomic.Bool
 	// stopped is closed when a graceful shutdown has finished.
 	stopped  chan struct{}
@@ -110,12 +112,16 @@ func (s *httpServer) serveReady(w http.ResponseWriter, _ *http.Request) {
 	case s.ready != nil:
 		err = s.ready()
 	}
+	extra := ""
+	if s.info != nil {
+		extra = s.info()
+	}
 	if err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "not ready: %v\n", err)
+		fmt.Fprintf(w, "not ready: %v\n%s", err, extra)
 		return
 	}
-	fmt.Fprintln(w, "ready")
+	fmt.Fprintf(w, "ready\n%s", extra)
 }
 
 // Handle registers an extra handler, with a Go 1.22 pattern such as
