@@ -126,26 +126,40 @@ func TestG2Breaches(t *testing.T) {
 	afterKill := []restoreEvent{{node: "b", at: at(10)}, {node: "a", at: at(20)}}
 	beforeKill := []restoreEvent{{node: "b", at: at(10)}, {node: "a", at: at(10).Add(500 * time.Millisecond)}}
 	bKilled := map[string][]time.Time{"b": {at(11)}}
+	// b settled it at 10 (a fence under load), then drained: it handed
+	// the entry to a at 15, and a restored it from that handoff at 16
+	// (5-drain in CI: 20 breaches of this shape, 18 s apart).
+	handedToA := []restoreEvent{{node: "b", at: at(10)}, {node: "a", how: "handoff", from: "b", at: at(16)}}
+	bHandedOff := []handoffEvent{{node: "b", at: at(15)}}
 	tests := []struct {
 		name     string
 		restores []restoreEvent
+		handoffs []handoffEvent
 		kills    map[string][]time.Time
 		ledger   []ledgerEntry
 		want     int
 	}{
-		{"dequeued before the restore: in flight", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 9, "1.0+x")}, 0},
-		{"dequeued after another node restored it", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.0+x")}, 1},
-		{"the restoring node itself", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "b", 11, "1.0+x")}, 0},
-		{"another file of the message", restoredOnB, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.5+x")}, 0},
-		{"restorer killed, then taken over", afterKill, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 0},
-		{"restorer killed, but both had it before", beforeKill, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
-		{"restorer killed only after the dequeue", afterKill, map[string][]time.Time{"b": {at(30)}}, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
-		{"restorer killed, dequeued without a restore of its own", restoredOnB, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"dequeued before the restore: in flight", restoredOnB, nil, nil, []ledgerEntry{hopRun("in", "x", "a", 9, "1.0+x")}, 0},
+		{"dequeued after another node restored it", restoredOnB, nil, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.0+x")}, 1},
+		{"the restoring node itself", restoredOnB, nil, nil, []ledgerEntry{hopRun("in", "x", "b", 11, "1.0+x")}, 0},
+		{"another file of the message", restoredOnB, nil, nil, []ledgerEntry{hopRun("in", "x", "a", 11, "1.5+x")}, 0},
+		{"restorer killed, then taken over", afterKill, nil, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 0},
+		{"restorer killed, but both had it before", beforeKill, nil, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"restorer killed only after the dequeue", afterKill, nil, map[string][]time.Time{"b": {at(30)}}, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"restorer killed, dequeued without a restore of its own", restoredOnB, nil, bKilled, []ledgerEntry{hopRun("in", "x", "a", 21, "1.0+x")}, 1},
+		{"restorer handed it off, restored from that handoff", handedToA, bHandedOff, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 0},
+		{"restored from the handoff just before its log line", handedToA, []handoffEvent{{node: "b", at: at(16).Add(time.Millisecond)}}, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 0},
+		{"restorer handed it off only before its restore", handedToA, []handoffEvent{{node: "b", at: at(9)}}, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 1},
+		{"handed off, but taken over instead", []restoreEvent{{node: "b", at: at(10)}, {node: "a", how: "takeover", from: "b", at: at(16)}}, bHandedOff, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 1},
+		{"handed off, but restored from another node's handoff", []restoreEvent{{node: "b", at: at(10)}, {node: "a", how: "handoff", from: "c", at: at(16)}}, bHandedOff, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 1},
+		{"handed off, dequeued before the handoff restore", []restoreEvent{{node: "b", at: at(10)}, {node: "a", how: "handoff", from: "b", at: at(30)}}, bHandedOff, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 1},
+		{"handed off, the handoff restore before the restore", []restoreEvent{{node: "a", how: "handoff", from: "b", at: at(8)}, {node: "b", at: at(10)}}, bHandedOff, nil, []ledgerEntry{hopRun("in", "x", "a", 28, "1.0+x")}, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			restores := map[string][]restoreEvent{"in/1.0+x": tc.restores}
-			if got := g2Breaches(tc.ledger, restores, tc.kills); len(got) != tc.want {
+			handoffs := map[string][]handoffEvent{"in/1.0+x": tc.handoffs}
+			if got := g2Breaches(tc.ledger, restores, handoffs, tc.kills); len(got) != tc.want {
 				t.Errorf("breaches %v, want %d", got, tc.want)
 			}
 		})

@@ -143,6 +143,8 @@ type logRecord struct {
 	Err   string    `json:"err"`
 	Peer  string    `json:"peer"`
 	From  string    `json:"from"`
+	// How is a restore's kind: takeover, handoff or preserved.
+	How string `json:"how"`
 	// TakenOver is set on "lease acquired" when the node found itself
 	// declared dead (or its lease gone).
 	TakenOver bool `json:"taken_over"`

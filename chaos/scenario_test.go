@@ -394,7 +394,8 @@ func (s *scenario) judge(strict bool, note string) verdict {
 	led := s.c.ledger()
 	s.lateCopies()
 	v := analyze(s.name, s.c.injectedIDs(), led, s.inFlight, s.staleAtKill, s.faultAt, s.staleWindow)
-	v.Breaches = g2Breaches(led, restoresOf(s.c.nodes), killsOf(s.c.nodes))
+	restores, handoffs := restoresOf(s.c.nodes)
+	v.Breaches = g2Breaches(led, restores, handoffs, killsOf(s.c.nodes))
 	if len(s.leaked) > 0 {
 		note += fmt.Sprintf("; LEAKED copies %v", s.leaked)
 	}

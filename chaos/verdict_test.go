@@ -229,29 +229,44 @@ func firstN(items []string, n int) string {
 }
 
 // restoreEvent is a node putting an entry into its queue directory for
-// its runners: a takeover, a handoff or a settle restored it.
+// its runners: a takeover, a handoff or a settle restored it. how is the
+// kind the "restored" record names ("takeover", "handoff", "preserved";
+// empty for a settle) and from the node it came from.
 type restoreEvent struct {
+	node, how, from string
+	at              time.Time
+}
+
+// handoffEvent is a draining node giving an entry to a peer. It held the
+// entry, out of its runners' sight, before it wrote the claim that names
+// the peer.
+type handoffEvent struct {
 	node string
 	at   time.Time
 }
 
-// restoresOf reads the restore events of the nodes' logs, keyed
-// "<queue>/<base>".
-func restoresOf(nodes []*node) map[string][]restoreEvent {
-	out := make(map[string][]restoreEvent)
+// restoresOf reads the restore and handoff events of the nodes' logs,
+// keyed "<queue>/<base>".
+func restoresOf(nodes []*node) (map[string][]restoreEvent, map[string][]handoffEvent) {
+	restores := make(map[string][]restoreEvent)
+	handoffs := make(map[string][]handoffEvent)
 	for _, n := range nodes {
 		for _, r := range readLog(n.sidecarLog) {
-			if r.Msg != "restored" && r.Msg != "settle: entry restored" {
+			if r.Msg != "restored" && r.Msg != "settle: entry restored" && r.Msg != "handed off" {
 				continue
 			}
 			k, ok := entryKey(r.Entry)
 			if !ok {
 				continue
 			}
-			out[k] = append(out[k], restoreEvent{node: n.id, at: r.Time})
+			if r.Msg == "handed off" {
+				handoffs[k] = append(handoffs[k], handoffEvent{node: n.id, at: r.Time})
+				continue
+			}
+			restores[k] = append(restores[k], restoreEvent{node: n.id, how: r.How, from: r.From, at: r.Time})
 		}
 	}
-	return out
+	return restores, handoffs
 }
 
 // entryKey turns a log record's entry ("<queue>/<base>.pck", or .psv)
@@ -295,13 +310,16 @@ func killsOf(nodes []*node) map[string][]time.Time {
 // node was then killed whole (runners and sidecar) and the dequeuing node
 // restored the entry only after that kill: their runners never saw it
 // at the same time, and the killed node's restart holds everything back
-// until the store has said whose it is.
-func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent, kills map[string][]time.Time) []string {
+// until the store has said whose it is. Nor does it count when its node
+// then handed the entry off and the dequeuing node restored it from that
+// handoff (see handedOffSince).
+func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent, handoffs map[string][]handoffEvent, kills map[string][]time.Time) []string {
 	var out []string
 	for _, e := range ledger {
 		key := e.Queue + "/" + e.Base
 		for _, r := range restores[key] {
-			if r.node != e.Node && !e.At.Before(r.at) && !endedBefore(r, e, restores[key], kills[r.node]) {
+			if r.node != e.Node && !e.At.Before(r.at) && !endedBefore(r, e, restores[key], kills[r.node]) &&
+				!handedOffSince(r, e, restores[key], handoffs[key]) {
 				out = append(out, fmt.Sprintf("%s/%s (%s) dequeued on %s at %s, %s after %s restored it",
 					e.Queue, e.ID, e.Base[:min(len(e.Base), 24)], e.Node, e.At.Format("15:04:05.000"), ms(e.At.Sub(r.at)), r.node))
 				break
@@ -310,4 +328,31 @@ func g2Breaches(ledger []ledgerEntry, restores map[string][]restoreEvent, kills 
 	}
 	sort.Strings(out)
 	return out
+}
+
+// handedOffSince reports whether restore r's node handed the entry off
+// after r, and e's node restored it from a handoff of that node after r
+// and before its dequeue. Only a draining node writes a handoff claim,
+// and only for an entry it holds, out of its runners' sight; nothing
+// releases an entry while a node drains. So r's node had held the entry
+// again before it wrote the claim that e's node restored it under: their
+// runners never saw it at the same time. A draining node can restore
+// nothing itself, so a handoff after r is one of an entry it held since.
+func handedOffSince(r restoreEvent, e ledgerEntry, restores []restoreEvent, handoffs []handoffEvent) bool {
+	gave := false
+	for _, h := range handoffs {
+		if h.node == r.node && h.at.After(r.at) {
+			gave = true
+			break
+		}
+	}
+	if !gave {
+		return false
+	}
+	for _, got := range restores {
+		if got.node == e.Node && got.how == "handoff" && got.from == r.node && got.at.After(r.at) && !got.at.After(e.At) {
+			return true
+		}
+	}
+	return false
 }

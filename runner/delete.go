@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/mmsidecar/mmsidecar/fence"
 	"github.com/mmsidecar/mmsidecar/store"
@@ -41,26 +42,77 @@ func (m *Mirror) queueDeleteLocked(kind delKind, key string, e fence.Entry, barr
 	signal(m.delWake)
 }
 
-// deleteWorker issues queued deletes in batches until ctx ends: whatever
-// is due at once, then at most one batch per DeleteBatchDelay.
+// deleteWorker confirms finished entries and deletes their copies in
+// batches until ctx ends. A batch goes at once when none went within the
+// last DeleteBatchDelay, and otherwise that long after the last one: an
+// idle node deletes a finished entry's copy within a request's time, a
+// busy one sends at most one batch per DeleteBatchDelay.
 func (m *Mirror) deleteWorker(ctx context.Context) {
+	var last time.Time // when the last batch was gathered
+	var retry <-chan time.Time
 	for {
 		select {
 		case <-m.delWake:
+		case <-retry:
+			retry = nil
 		case <-ctx.Done():
 			return
 		}
-		for {
-			batch := m.takeDeletes()
-			if len(batch) == 0 {
-				break
-			}
-			if !m.runDeletes(ctx, batch) {
+		if !last.IsZero() {
+			if wait := m.cfg.DeleteBatchDelay - m.clock.Now().Sub(last); wait > 0 && !m.sleep(ctx, wait) {
 				return
 			}
-			if !m.sleep(ctx, m.cfg.DeleteBatchDelay) {
-				return
-			}
+		}
+		began := m.clock.Now()
+		if m.confirmGone() && retry == nil {
+			retry = m.clock.After(m.cfg.DeleteBatchDelay)
+		}
+		if !m.awaitBarriers(ctx, m.cfg.DeleteBatchDelay) {
+			return
+		}
+		batch := m.takeDeletes()
+		if len(batch) == 0 {
+			continue
+		}
+		last = began
+		if !m.runDeletes(ctx, batch) {
+			return
+		}
+		signal(m.delWake) // more may be due
+	}
+}
+
+// awaitBarriers waits, at most d, until the uploads that the queued
+// deletes of finished entries wait for are done: usually no longer than
+// an upload takes, since confirmGone queues them behind the uploads in
+// flight. It reports false if ctx ended.
+func (m *Mirror) awaitBarriers(ctx context.Context, d time.Duration) bool {
+	m.mu.Lock()
+	need := uint64(0)
+	for _, it := range m.delQueue {
+		if it.kind == delFinished {
+			need = max(need, it.barrier)
+		}
+	}
+	if m.ups.low >= need {
+		m.mu.Unlock()
+		return true
+	}
+	m.mu.Unlock()
+	timeout := m.clock.After(d)
+	for {
+		m.mu.Lock()
+		ch, reached := m.progress, m.ups.low >= need
+		m.mu.Unlock()
+		if reached {
+			return true
+		}
+		select {
+		case <-ch:
+		case <-timeout:
+			return true
+		case <-ctx.Done():
+			return false
 		}
 	}
 }

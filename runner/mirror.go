@@ -26,7 +26,7 @@ import (
 const (
 	DefaultUploadConcurrency = 16
 	DefaultRescanInterval    = 60 * time.Second
-	DefaultDeleteBatchDelay  = 200 * time.Millisecond
+	DefaultDeleteBatchDelay  = 100 * time.Millisecond
 )
 
 // Retry timing for store failures and for waiting on a closed gate.
@@ -56,8 +56,10 @@ type Config struct {
 	UploadConcurrency int
 	// RescanInterval is the period of full rescans (default 60s).
 	RescanInterval time.Duration
-	// DeleteBatchDelay is how long finished entries are collected before
-	// their copies are deleted in one request (default 200ms).
+	// DeleteBatchDelay is the shortest time between two requests that
+	// delete finished entries' copies (default 100ms; negative: none): a
+	// copy goes at once when no such request went within it, and with
+	// the next batch otherwise.
 	DeleteBatchDelay time.Duration
 	// Layout maps entries to keys.
 	Layout fence.Layout
@@ -111,7 +113,6 @@ type Mirror struct {
 	delRetry  []*delItem
 	retryWake chan struct{}
 	scanWake  chan string // queue names that need a rescan
-	sweepWake chan struct{}
 	// rescanWake asks for a full rescan.
 	rescanWake chan struct{}
 }
@@ -138,8 +139,11 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 	if cfg.RescanInterval <= 0 {
 		cfg.RescanInterval = DefaultRescanInterval
 	}
-	if cfg.DeleteBatchDelay <= 0 {
+	switch {
+	case cfg.DeleteBatchDelay == 0:
 		cfg.DeleteBatchDelay = DefaultDeleteBatchDelay
+	case cfg.DeleteBatchDelay < 0:
+		cfg.DeleteBatchDelay = 0
 	}
 	cfg.QueueDir = filepath.Clean(cfg.QueueDir)
 	cfg.StateDir = filepath.Clean(cfg.StateDir)
@@ -167,7 +171,6 @@ func New(cfg Config, st store.Store, fsys FS, clock fence.Clock, gate func() fen
 		delWake:    make(chan struct{}, 1),
 		retryWake:  make(chan struct{}, 1),
 		scanWake:   make(chan string, 64),
-		sweepWake:  make(chan struct{}, 1),
 		rescanWake: make(chan struct{}, 1),
 	}
 	ages := mr.pendingAges
@@ -356,7 +359,6 @@ func (m *Mirror) Run(ctx context.Context) error {
 
 	m.rescan("start")
 	rescanTick := m.clock.After(m.cfg.RescanInterval)
-	var sweepTimer <-chan time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -378,13 +380,6 @@ func (m *Mirror) Run(ctx context.Context) error {
 		case <-rescanTick:
 			m.rescan("periodic")
 			rescanTick = m.clock.After(m.cfg.RescanInterval)
-		case <-m.sweepWake:
-			if sweepTimer == nil {
-				sweepTimer = m.clock.After(m.cfg.DeleteBatchDelay)
-			}
-		case <-sweepTimer:
-			sweepTimer = nil
-			m.confirmGone()
 		}
 	}
 }

@@ -122,7 +122,7 @@ func (m *Mirror) observeLocked(e fence.Entry, g fence.Gate, full bool) {
 		if !st.candidate {
 			st.candidate = true
 			m.candidates = append(m.candidates, st)
-			signal(m.sweepWake)
+			signal(m.delWake)
 		}
 		return
 	}
@@ -287,13 +287,15 @@ func locOfExt(ext fence.Ext) loc {
 
 // confirmGone settles the entries whose files were missing: after a sweep,
 // those still missing are finished, and their copies are deleted once every
-// upload queued so far (their successors' included) is durable.
-func (m *Mirror) confirmGone() {
+// upload queued so far (their successors' included) is durable. It
+// reports whether some are left to try again (their files could not be
+// looked at).
+func (m *Mirror) confirmGone() (again bool) {
 	m.mu.Lock()
 	n := len(m.candidates)
 	m.mu.Unlock()
 	if n == 0 {
-		return
+		return false
 	}
 	g := m.gate()
 	m.sweep(g)
@@ -318,9 +320,7 @@ func (m *Mirror) confirmGone() {
 			m.markGoneLocked(st, barrier)
 		}
 	}
-	if len(m.candidates) > 0 {
-		signal(m.sweepWake)
-	}
+	return len(m.candidates) > 0
 }
 
 // markGoneLocked records that st was finished locally.

@@ -221,11 +221,15 @@ func newDaemon(cfg *Config, st store.Store, reg *prometheus.Registry, log *slog.
 		gate = func() fence.Gate { return fence.Gate{Epoch: 1, Writable: true, OwnFrom: 1} }
 	}
 	queues := cfg.Queues
+	delDelay := cfg.DeleteBatchDelay
+	if delDelay == 0 {
+		delDelay = -1 // none; runner.Config's zero is its default
+	}
 	m, err := runner.New(runner.Config{
 		Node: cfg.NodeID, QueueDir: cfg.QueueDir, Queues: queues, StateDir: cfg.StateDir,
 		UID: cfg.FileUID, GID: cfg.FileGID,
 		UploadConcurrency: cfg.UploadConcurrency, RescanInterval: cfg.RescanInterval,
-		DeleteBatchDelay: cfg.DeleteBatchDelay, Layout: layout, Gate: d.gate,
+		DeleteBatchDelay: delDelay, Layout: layout, Gate: d.gate,
 	}, st, runner.OSFS{}, fence.SystemClock{}, gate, runner.NewMetrics(reg), log)
 	if err != nil {
 		return nil, fmt.Errorf("start mirror: %w", err)

@@ -111,9 +111,9 @@ type Config struct {
 	LeaseMargin time.Duration `env:"MMSIDECAR_LEASE_MARGIN, default=3s"`
 	// RescanInterval is the period of full rescans of the queues.
 	RescanInterval time.Duration `env:"MMSIDECAR_RESCAN_INTERVAL, default=60s"`
-	// DeleteBatchDelay is how long deletes of finished entries are
-	// collected into one batch.
-	DeleteBatchDelay time.Duration `env:"MMSIDECAR_DELETE_BATCH_DELAY, default=200ms"`
+	// DeleteBatchDelay is the shortest time between two requests that
+	// delete finished entries' copies (0: none).
+	DeleteBatchDelay time.Duration `env:"MMSIDECAR_DELETE_BATCH_DELAY, default=100ms"`
 	// ShutdownTimeout is how long the first SIGTERM waits for in-flight
 	// uploads.
 	ShutdownTimeout time.Duration `env:"MMSIDECAR_SHUTDOWN_TIMEOUT, default=10s"`

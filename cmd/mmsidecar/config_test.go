@@ -128,7 +128,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 		LeaseGrace:          5 * time.Second,
 		LeaseMargin:         3 * time.Second,
 		RescanInterval:      60 * time.Second,
-		DeleteBatchDelay:    200 * time.Millisecond,
+		DeleteBatchDelay:    100 * time.Millisecond,
 		ShutdownTimeout:     10 * time.Second,
 		DrainTimeout:        10 * time.Minute,
 		MaxTransfers:        3,
